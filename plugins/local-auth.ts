@@ -1,0 +1,33 @@
+import type { FastifyPluginAsync } from 'fastify'
+import fp from 'fastify-plugin'
+import { errors as joseErrors, type JWTVerifyGetKey } from 'jose'
+import { resourceServer } from './resource-server.js'
+
+export interface LocalAuthOptions {
+  issuer: string
+  audience: string
+  now?: () => number
+}
+
+// Keysmith's own protected routes use the very decorators resource servers use, over the
+// in-memory key set (no HTTP round trip) and with the logout deny list.
+const plugin: FastifyPluginAsync<LocalAuthOptions> = async (app, opts) => {
+  const getKey: JWTVerifyGetKey = (header) => {
+    const key = header.kid ? app.keyring.verificationKey(header.kid) : undefined
+    if (!key) throw new joseErrors.JWKSNoMatchingKey()
+    return key as never
+  }
+  await app.register(resourceServer, {
+    issuer: opts.issuer,
+    audience: opts.audience,
+    getKey,
+    isRevoked: async (claims) => {
+      if (typeof claims.jti !== 'string') return true
+      const denied = await app.db.selectFrom('denied_tokens').select('jti')
+        .where('jti', '=', claims.jti).executeTakeFirst()
+      return denied !== undefined
+    }
+  })
+}
+
+export default fp(plugin, { name: 'keysmith-local-auth', fastify: '5.x', dependencies: ['keysmith-keys'] })

@@ -1,0 +1,105 @@
+import type { FastifyPluginAsync, FastifyReply, FastifyRequest } from 'fastify'
+import fp from 'fastify-plugin'
+import createError from '@fastify/error'
+import { createRemoteJWKSet, jwtVerify, type JWTPayload, type JWTVerifyGetKey } from 'jose'
+
+export interface AuthenticatedUser {
+  id: string
+  roles: string[]
+  scope: string[]
+  claims: JWTPayload
+}
+
+export type AuthHook = (request: FastifyRequest, reply: FastifyReply) => Promise<void>
+
+declare module 'fastify' {
+  interface FastifyInstance {
+    authenticate: AuthHook
+    requireRole(...roles: string[]): AuthHook
+    requireScope(...scopes: string[]): AuthHook
+  }
+  interface FastifyRequest {
+    user: AuthenticatedUser | null
+  }
+}
+
+export interface ResourceServerOptions {
+  issuer: string
+  audience: string | string[]
+  jwksUrl?: string
+  // Leeway for exp/nbf/iat, in seconds; capped at 60.
+  clockTolerance?: number
+  // Keysmith itself verifies over its in-memory key set instead of fetching its own JWKS.
+  getKey?: JWTVerifyGetKey
+  // Keysmith itself refuses tokens whose jti was logged out.
+  isRevoked?: (claims: JWTPayload) => Promise<boolean>
+}
+
+const InvalidToken = createError('KEYSMITH_ERR_INVALID_TOKEN', 'Missing or invalid access token', 401)
+const InsufficientRole = createError('KEYSMITH_ERR_FORBIDDEN', 'Insufficient permissions', 403)
+const InvalidOptions = createError('KEYSMITH_ERR_RESOURCE_SERVER_OPTIONS', 'resource-server: %s', 500)
+
+const BEARER = /^Bearer +([A-Za-z0-9\-_]+\.[A-Za-z0-9\-_]+\.[A-Za-z0-9\-_]+) *$/i
+
+const plugin: FastifyPluginAsync<ResourceServerOptions> = async (app, opts) => {
+  if (typeof opts.issuer !== 'string' || !/^https?:\/\//.test(opts.issuer)) throw new InvalidOptions('issuer must be an http(s) URL')
+  if (!opts.audience || (Array.isArray(opts.audience) && opts.audience.length === 0)) throw new InvalidOptions('audience is required')
+  const clockTolerance = Math.min(Math.max(opts.clockTolerance ?? 60, 0), 60)
+  // jose's remote set caches keys, refetches on an unknown kid no more than once per
+  // cooldown, and only ever uses kid/alg from the header: jku, x5u and jwk are ignored.
+  const getKey = opts.getKey ?? createRemoteJWKSet(
+    new URL(opts.jwksUrl ?? `${opts.issuer.replace(/\/+$/, '')}/.well-known/jwks.json`),
+    { cooldownDuration: 30_000, cacheMaxAge: 300_000, timeoutDuration: 5000 }
+  )
+  const verifyOptions = {
+    algorithms: ['RS256'],
+    typ: 'at+jwt',
+    issuer: opts.issuer,
+    audience: opts.audience,
+    clockTolerance,
+    requiredClaims: ['exp', 'iat', 'sub']
+  }
+
+  function deny(reply: FastifyReply, status: 401 | 403, description: string): never {
+    const error = status === 401 ? 'invalid_token' : 'insufficient_scope'
+    reply.header('www-authenticate', `Bearer realm="${opts.issuer}", error="${error}", error_description="${description}"`)
+    throw status === 401 ? new InvalidToken() : new InsufficientRole()
+  }
+
+  const authenticate: AuthHook = async (request, reply) => {
+    const match = BEARER.exec(request.headers.authorization ?? '')
+    if (!match) deny(reply, 401, 'a Bearer access token is required')
+    let claims: JWTPayload
+    try {
+      ;({ payload: claims } = await jwtVerify(match[1]!, getKey, verifyOptions))
+    } catch (err) {
+      request.log.debug({ reason: (err as { code?: string }).code }, 'access token refused')
+      deny(reply, 401, 'the access token is invalid or expired')
+    }
+    if (typeof claims.sub !== 'string') deny(reply, 401, 'the access token has no subject')
+    if (opts.isRevoked && (await opts.isRevoked(claims))) deny(reply, 401, 'the access token was revoked')
+    request.user = {
+      id: claims.sub,
+      roles: Array.isArray(claims.roles) ? claims.roles.filter((r): r is string => typeof r === 'string') : [],
+      scope: typeof claims.scope === 'string' ? claims.scope.split(' ').filter(Boolean) : [],
+      claims
+    }
+  }
+
+  const requireAny = (pick: (u: AuthenticatedUser) => string[], wanted: string[], what: string): AuthHook => {
+    if (wanted.length === 0) throw new InvalidOptions(`${what} needs at least one value`)
+    return async (request, reply) => {
+      if (!request.user) await authenticate(request, reply)
+      const have = pick(request.user!)
+      if (!wanted.some((w) => have.includes(w))) deny(reply, 403, `requires ${what} ${wanted.join(' or ')}`)
+    }
+  }
+
+  app.decorateRequest('user', null)
+  app.decorate('authenticate', authenticate)
+  app.decorate('requireRole', (...roles: string[]) => requireAny((u) => u.roles, roles, 'role'))
+  app.decorate('requireScope', (...scopes: string[]) => requireAny((u) => u.scope, scopes, 'scope'))
+}
+
+export const resourceServer = fp(plugin, { name: 'keysmith-resource-server', fastify: '5.x' })
+export default resourceServer

@@ -1,0 +1,63 @@
+import Fastify, { type FastifyInstance } from 'fastify'
+import type { Config } from './config.js'
+import type { DatabaseHandle } from './db/connect.js'
+import database from '../plugins/database.js'
+import errorHandling from '../plugins/errors.js'
+import keys from '../plugins/keys.js'
+import health from '../plugins/health.js'
+import localAuth from '../plugins/local-auth.js'
+
+export interface BuildOptions {
+  // Tests inject a clock so expiry is tested without sleeping.
+  now?: () => number
+  // Tests share one database connection between app instances.
+  database?: DatabaseHandle
+  logger?: boolean
+}
+
+export const REDACT = [
+  'req.headers.authorization', 'req.headers.cookie', 'res.headers["set-cookie"]',
+  '*.password', '*.new_password', '*.current_password', '*.refresh_token', '*.access_token', '*.token'
+]
+
+export async function buildApp(config: Config, options: BuildOptions = {}): Promise<FastifyInstance> {
+  const app = Fastify({
+    logger: options.logger === false ? false : {
+      level: config.logLevel,
+      redact: { paths: REDACT, censor: '[redacted]' }
+    },
+    bodyLimit: 64 * 1024,
+    trustProxy: parseTrustProxy(config.trustProxy) as boolean | string[] | undefined,
+    return503OnClosing: true,
+    forceCloseConnections: 'idle',
+    ajv: { customOptions: { removeAdditional: true, coerceTypes: false, allErrors: false } }
+  })
+
+  // JSON only, unless a route family (OAuth) adds form bodies: anything else is a 415.
+  app.removeContentTypeParser('text/plain')
+
+  await app.register(errorHandling)
+  await app.register(database, { databaseUrl: config.databaseUrl, dataDir: config.dataDir, handle: options.database })
+  await app.register(keys, {
+    issuer: config.issuer,
+    audience: config.audience,
+    accessTokenTtl: config.accessTokenTtl,
+    keyEncryptionSecrets: config.keyEncryptionSecrets,
+    keysDir: config.keysDir,
+    keySize: config.keySize,
+    keyRefreshInterval: config.keyRefreshInterval,
+    keyRotationInterval: config.keyRotationInterval,
+    now: options.now
+  })
+  await app.register(localAuth, { issuer: config.issuer, audience: config.audience, now: options.now })
+  await app.register(health)
+  return app
+}
+
+function parseTrustProxy(value: string | undefined): boolean | number | string[] | undefined {
+  if (value === undefined) return undefined
+  if (value === 'true') return true
+  if (value === 'false') return false
+  if (/^\d+$/.test(value)) return Number(value)
+  return value.split(',').map((s) => s.trim()).filter(Boolean)
+}

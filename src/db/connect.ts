@@ -1,0 +1,46 @@
+import { Kysely, PostgresDialect } from 'kysely'
+import pg from 'pg'
+import type { Database } from './schema.js'
+import { openEmbedded } from './embedded.js'
+
+export interface DatabaseHandle {
+  db: Kysely<Database>
+  pool: pg.Pool
+  mode: 'embedded' | 'postgres'
+  close(): Promise<void>
+}
+
+export interface ConnectOptions {
+  databaseUrl: string | undefined
+  dataDir: string
+  poolSize?: number
+  log?: (msg: string) => void
+}
+
+// One code path for both modes: kysely's PostgresDialect over a pg.Pool. Only where the pool
+// points differs: a real server, or the embedded server's unix socket in DATA_DIR.
+export async function connect(opts: ConnectOptions): Promise<DatabaseHandle> {
+  const log = opts.log ?? (() => {})
+  const embedded = opts.databaseUrl ? undefined : await openEmbedded(opts.dataDir, log)
+  const pool = new pg.Pool({
+    ...(embedded
+      ? { host: embedded.socketDir, user: 'postgres', database: 'postgres' }
+      : { connectionString: opts.databaseUrl }),
+    max: opts.poolSize ?? 10,
+    // Fail fast when the database is away, so callers answer 503 instead of hanging.
+    connectionTimeoutMillis: 3000,
+    idleTimeoutMillis: 30_000
+  })
+  // An idle client losing its connection must not crash the process; the next query retries.
+  pool.on('error', (err) => log(`database pool error: ${err.message}`))
+  const db = new Kysely<Database>({ dialect: new PostgresDialect({ pool }) })
+  return {
+    db,
+    pool,
+    mode: embedded ? 'embedded' : 'postgres',
+    async close() {
+      await db.destroy()
+      await embedded?.close()
+    }
+  }
+}
