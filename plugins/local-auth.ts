@@ -2,6 +2,7 @@ import type { FastifyPluginAsync } from 'fastify'
 import fp from 'fastify-plugin'
 import { errors as joseErrors, type JWTVerifyGetKey } from 'jose'
 import { resourceServer } from './resource-server.js'
+import { isDenied } from '../src/sessions/deny-list.js'
 
 export interface LocalAuthOptions {
   issuer: string
@@ -21,12 +22,7 @@ const plugin: FastifyPluginAsync<LocalAuthOptions> = async (app, opts) => {
     issuer: opts.issuer,
     audience: opts.audience,
     getKey,
-    isRevoked: async (claims) => {
-      if (typeof claims.jti !== 'string') return true
-      const denied = await app.db.selectFrom('denied_tokens').select('jti')
-        .where('jti', '=', claims.jti).executeTakeFirst()
-      return denied !== undefined
-    }
+    isRevoked: (claims) => isDenied(app.db, claims)
   })
 }
 

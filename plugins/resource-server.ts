@@ -15,6 +15,8 @@ export type AuthHook = (request: FastifyRequest, reply: FastifyReply) => Promise
 declare module 'fastify' {
   interface FastifyInstance {
     authenticate: AuthHook
+    // Verify a token that did not come in the Authorization header (logout, revocation).
+    verifyAccessToken(token: string): Promise<AuthenticatedUser | undefined>
     requireRole(...roles: string[]): AuthHook
     requireScope(...scopes: string[]): AuthHook
   }
@@ -66,24 +68,33 @@ const plugin: FastifyPluginAsync<ResourceServerOptions> = async (app, opts) => {
     throw status === 401 ? new InvalidToken() : new InsufficientRole()
   }
 
-  const authenticate: AuthHook = async (request, reply) => {
-    const match = BEARER.exec(request.headers.authorization ?? '')
-    if (!match) deny(reply, 401, 'a Bearer access token is required')
+  // undefined, with the reason, for any token that must be refused.
+  async function verify(token: string): Promise<AuthenticatedUser | { refused: string }> {
     let claims: JWTPayload
     try {
-      ;({ payload: claims } = await jwtVerify(match[1]!, getKey, verifyOptions))
+      ;({ payload: claims } = await jwtVerify(token, getKey, verifyOptions))
     } catch (err) {
-      request.log.debug({ reason: (err as { code?: string }).code }, 'access token refused')
-      deny(reply, 401, 'the access token is invalid or expired')
+      return { refused: (err as { code?: string }).code ?? 'invalid' }
     }
-    if (typeof claims.sub !== 'string') deny(reply, 401, 'the access token has no subject')
-    if (opts.isRevoked && (await opts.isRevoked(claims))) deny(reply, 401, 'the access token was revoked')
-    request.user = {
+    if (typeof claims.sub !== 'string') return { refused: 'no subject' }
+    if (opts.isRevoked && (await opts.isRevoked(claims))) return { refused: 'revoked' }
+    return {
       id: claims.sub,
       roles: Array.isArray(claims.roles) ? claims.roles.filter((r): r is string => typeof r === 'string') : [],
       scope: typeof claims.scope === 'string' ? claims.scope.split(' ').filter(Boolean) : [],
       claims
     }
+  }
+
+  const authenticate: AuthHook = async (request, reply) => {
+    const match = BEARER.exec(request.headers.authorization ?? '')
+    if (!match) deny(reply, 401, 'a Bearer access token is required')
+    const result = await verify(match[1]!)
+    if ('refused' in result) {
+      request.log.debug({ reason: result.refused }, 'access token refused')
+      deny(reply, 401, 'the access token is invalid, expired or revoked')
+    }
+    request.user = result
   }
 
   const requireAny = (pick: (u: AuthenticatedUser) => string[], wanted: string[], what: string): AuthHook => {
@@ -97,6 +108,10 @@ const plugin: FastifyPluginAsync<ResourceServerOptions> = async (app, opts) => {
 
   app.decorateRequest('user', null)
   app.decorate('authenticate', authenticate)
+  app.decorate('verifyAccessToken', async (token: string) => {
+    const result = await verify(token)
+    return 'refused' in result ? undefined : result
+  })
   app.decorate('requireRole', (...roles: string[]) => requireAny((u) => u.roles, roles, 'role'))
   app.decorate('requireScope', (...scopes: string[]) => requireAny((u) => u.scope, scopes, 'scope'))
 }

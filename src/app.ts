@@ -6,6 +6,13 @@ import errorHandling from '../plugins/errors.js'
 import keys from '../plugins/keys.js'
 import health from '../plugins/health.js'
 import localAuth from '../plugins/local-auth.js'
+import rateLimit from '../plugins/rate-limit.js'
+import authCore from '../plugins/auth-core.js'
+import accounts from '../plugins/accounts.js'
+import sessions from '../plugins/sessions.js'
+import oauth from '../plugins/oauth.js'
+import cookie from '@fastify/cookie'
+import cors from '@fastify/cors'
 
 export interface BuildOptions {
   // Tests inject a clock so expiry is tested without sleeping.
@@ -51,6 +58,31 @@ export async function buildApp(config: Config, options: BuildOptions = {}): Prom
   })
   await app.register(localAuth, { issuer: config.issuer, audience: config.audience, now: options.now })
   await app.register(health)
+
+  // Browser origins that may call with credentials: the configured ones and our own.
+  const allowedOrigins = new Set([...config.corsOrigins, new URL(config.issuer).origin])
+  await app.register(cors, {
+    origin: (origin, cb) => cb(null, origin !== undefined && allowedOrigins.has(origin)),
+    credentials: true,
+    methods: ['GET', 'POST', 'PUT', 'DELETE'],
+    maxAge: 600
+  })
+  await app.register(cookie)
+  await app.register(rateLimit, {
+    redisUrl: config.redisUrl,
+    max: config.rateLimit.max,
+    windowSeconds: config.rateLimit.windowSeconds,
+    now: options.now
+  })
+  await app.register(authCore, {
+    argon2: config.argon2,
+    refreshTokenTtl: config.refreshTokenTtl,
+    sessionMaxAge: config.sessionMaxAge,
+    now: options.now
+  })
+  await app.register(accounts, { allowedOrigins })
+  await app.register(sessions, { allowedOrigins, reuseGraceSeconds: config.refreshReuseGrace, now: options.now })
+  await app.register(oauth)
   return app
 }
 

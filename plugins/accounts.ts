@@ -1,0 +1,79 @@
+import fp from 'fastify-plugin'
+import { Type, type FastifyPluginAsyncTypebox } from '@fastify/type-provider-typebox'
+import { errors } from '../src/errors.js'
+import { checkEmail, createUser, findUserById, rolesOf, setPasswordHash } from '../src/accounts.js'
+import { checkPasswordPolicy } from '../src/passwords.js'
+import { audit } from '../src/audit.js'
+import { Credentials, errorReplies } from './schemas.js'
+import { checkOrigin, refreshCookie } from './refresh-cookie.js'
+
+export interface AccountsOptions {
+  allowedOrigins: ReadonlySet<string>
+}
+
+const plugin: FastifyPluginAsyncTypebox<AccountsOptions> = async (app, opts) => {
+  const meta = (request: { ip: string; headers: Record<string, unknown> }) =>
+    ({ ip: request.ip, userAgent: request.headers['user-agent'] as string | undefined })
+
+  app.post('/auth/register', {
+    config: { rateLimit: {} },
+    schema: {
+      body: Credentials,
+      response: { 201: Type.Object({ id: Type.String(), email: Type.String() }), ...errorReplies(400, 409, 413, 415, 429) }
+    }
+  }, async (request, reply) => {
+    const email = checkEmail(request.body.email)
+    const password = checkPasswordPolicy(request.body.password)
+    const user = await createUser(app.db, email, await app.passwords.hash(password), meta(request))
+    return reply.code(201).send(user)
+  })
+
+  app.get('/auth/me', {
+    onRequest: app.authenticate,
+    schema: {
+      response: {
+        200: Type.Object({ id: Type.String(), email: Type.String(), roles: Type.Array(Type.String()) }),
+        ...errorReplies(401)
+      }
+    }
+  }, async (request) => {
+    const user = await findUserById(app.db, request.user!.id)
+    if (!user || user.disabled) throw new errors.Unauthorized()
+    return { id: user.id, email: user.email, roles: await rolesOf(app.db, user.id) }
+  })
+
+  app.post('/auth/password', {
+    onRequest: app.authenticate,
+    config: { rateLimit: {} },
+    schema: {
+      body: Type.Object({
+        current_password: Type.String({ minLength: 1, maxLength: 1024 }),
+        new_password: Type.String({ minLength: 1, maxLength: 1024 })
+      }),
+      response: { 204: Type.Null(), ...errorReplies(400, 401, 403, 429) }
+    }
+  }, async (request, reply) => {
+    checkOrigin(request, opts.allowedOrigins)
+    const user = await findUserById(app.db, request.user!.id)
+    if (!user || user.disabled) throw new errors.Unauthorized()
+    if (!(await app.passwords.verify(user.password_hash, request.body.current_password))) {
+      await app.loginThrottle.failure(user.email.toLowerCase(), request.ip)
+      throw new errors.InvalidCredentials()
+    }
+    const password = checkPasswordPolicy(request.body.new_password)
+    await setPasswordHash(app.db, user.id, await app.passwords.hash(password), true)
+    // The session doing the change survives (when we can tell which it is); all others end.
+    const current = refreshCookie(request)
+    const family = current ? await app.sessions.familyOf(current) : undefined
+    const keep = family?.userId === user.id ? family.familyId : undefined
+    const revoked = await app.sessions.revokeAllForUser(user.id, 'password_changed', keep)
+    await audit(app.db, { type: 'password.changed', userId: user.id, ...meta(request), details: { sessions_revoked: revoked } })
+    return reply.code(204).send(null)
+  })
+}
+
+export default fp(plugin, {
+  name: 'keysmith-accounts',
+  fastify: '5.x',
+  dependencies: ['keysmith-auth-core', 'keysmith-local-auth']
+})

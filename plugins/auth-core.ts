@@ -1,0 +1,47 @@
+import type { FastifyPluginAsync, FastifyReply, FastifyRequest } from 'fastify'
+import fp from 'fastify-plugin'
+import { PasswordHasher, type Argon2Params } from '../src/passwords.js'
+import { SessionEngine } from '../src/sessions/engine.js'
+import { passwordLogin } from '../src/login.js'
+
+declare module 'fastify' {
+  interface FastifyInstance {
+    passwords: PasswordHasher
+    sessions: SessionEngine
+    login(request: FastifyRequest, email: string, password: string): Promise<{ userId: string; roles: string[] }>
+    issueAccessToken(reply: FastifyReply, sub: string, roles: string[]): Promise<{ access_token: string; token_type: 'Bearer'; expires_in: number }>
+  }
+}
+
+export interface AuthCoreOptions {
+  argon2: Argon2Params
+  refreshTokenTtl: number
+  sessionMaxAge: number
+  now?: () => number
+}
+
+// The services behind every login surface (browser cookie and OAuth): password hashing,
+// the refresh-family engine, password login with throttling, and token responses.
+const plugin: FastifyPluginAsync<AuthCoreOptions> = async (app, opts) => {
+  const passwords = new PasswordHasher(opts.argon2)
+  app.decorate('passwords', passwords)
+  app.decorate('sessions', new SessionEngine(app.db, {
+    refreshTtlSeconds: opts.refreshTokenTtl, maxAgeSeconds: opts.sessionMaxAge, now: opts.now
+  }))
+  app.decorate('login', (request: FastifyRequest, email: string, password: string) => passwordLogin(
+    { db: app.db, passwords, throttle: app.loginThrottle },
+    { email, password, ip: request.ip, userAgent: request.headers['user-agent'] }
+  ))
+  app.decorate('issueAccessToken', async (reply: FastifyReply, sub: string, roles: string[]) => {
+    const minted = await app.signer.mint({ sub, roles })
+    // RFC 6749 §5.1: responses carrying tokens must not be cached.
+    reply.header('cache-control', 'no-store').header('pragma', 'no-cache')
+    return { access_token: minted.token, token_type: 'Bearer' as const, expires_in: minted.expiresIn }
+  })
+}
+
+export default fp(plugin, {
+  name: 'keysmith-auth-core',
+  fastify: '5.x',
+  dependencies: ['keysmith-database', 'keysmith-keys', 'keysmith-rate-limit']
+})

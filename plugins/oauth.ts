@@ -1,0 +1,120 @@
+import type { FastifyError } from 'fastify'
+import { Type, type FastifyPluginAsyncTypebox } from '@fastify/type-provider-typebox'
+import { audit } from '../src/audit.js'
+import { ThrottledError } from '../src/login.js'
+import { isDatabaseUnavailable } from '../src/db/unavailable.js'
+import { denyAccessToken } from '../src/sessions/deny-list.js'
+
+class OAuthError extends Error {
+  constructor(readonly status: number, readonly error: string, readonly description: string) {
+    super(description)
+  }
+}
+
+const OAuthErrorReply = Type.Object({ error: Type.String(), error_description: Type.Optional(Type.String()) })
+
+// Native clients and services: RFC 6749 token endpoint (password and refresh_token grants)
+// and RFC 7009 revocation, on the same family engine as the cookie surface but with no
+// reuse grace: a replayed refresh token revokes its family at once.
+// Not wrapped in fastify-plugin on purpose: the form parser and the RFC 6749 error shape
+// stay inside this scope.
+const oauth: FastifyPluginAsyncTypebox = async (app) => {
+  app.addContentTypeParser('application/x-www-form-urlencoded', { parseAs: 'string' }, (_request, body, done) => {
+    const params: Record<string, string> = {}
+    for (const [k, v] of new URLSearchParams(body as string)) {
+      // RFC 6749 §3.2: parameters must not repeat.
+      if (k in params) return done(new OAuthError(400, 'invalid_request', `parameter ${k} is repeated`), undefined)
+      params[k] = v
+    }
+    done(null, params)
+  })
+
+  app.setErrorHandler((err: FastifyError | OAuthError, request, reply) => {
+    reply.header('cache-control', 'no-store').header('pragma', 'no-cache')
+    if (err instanceof OAuthError) return reply.code(err.status).send({ error: err.error, error_description: err.description })
+    if ('validation' in err && err.validation) {
+      return reply.code(400).send({ error: 'invalid_request', error_description: err.message })
+    }
+    if (err instanceof ThrottledError) {
+      return reply.code(429).header('retry-after', String(err.retryAfter))
+        .send({ error: 'temporarily_unavailable', error_description: err.message })
+    }
+    const status = (err as FastifyError).statusCode ?? 500
+    if (status === 401 || status === 403) {
+      return reply.code(400).send({ error: 'invalid_grant', error_description: err.message })
+    }
+    if (status < 500) return reply.code(status).send({ error: status === 429 ? 'temporarily_unavailable' : 'invalid_request', error_description: err.message })
+    if (isDatabaseUnavailable(err) || status === 503) {
+      return reply.code(503).header('retry-after', '5').send({ error: 'temporarily_unavailable', error_description: 'Service temporarily unavailable' })
+    }
+    request.log.error({ err }, 'oauth request failed')
+    return reply.code(500).send({ error: 'server_error', error_description: 'Internal Server Error' })
+  })
+
+  const meta = (request: { ip: string; headers: Record<string, unknown> }) =>
+    ({ ip: request.ip, userAgent: request.headers['user-agent'] as string | undefined })
+
+  app.post('/oauth/token', {
+    config: { rateLimit: {} },
+    schema: {
+      body: Type.Object({
+        grant_type: Type.String({ maxLength: 64 }),
+        username: Type.Optional(Type.String({ maxLength: 320 })),
+        password: Type.Optional(Type.String({ maxLength: 1024 })),
+        refresh_token: Type.Optional(Type.String({ maxLength: 512 })),
+        scope: Type.Optional(Type.String({ maxLength: 1024 }))
+      }),
+      response: {
+        200: Type.Object({
+          access_token: Type.String(),
+          token_type: Type.Literal('Bearer'),
+          expires_in: Type.Integer(),
+          refresh_token: Type.String()
+        }),
+        400: OAuthErrorReply, 429: OAuthErrorReply, 503: OAuthErrorReply
+      }
+    }
+  }, async (request, reply) => {
+    const body = request.body
+    if (body.grant_type === 'password') {
+      if (!body.username || !body.password) throw new OAuthError(400, 'invalid_request', 'username and password are required')
+      const user = await app.login(request, body.username, body.password)
+      const session = await app.sessions.start(user.userId, 'oauth', meta(request))
+      return { ...(await app.issueAccessToken(reply, user.userId, user.roles)), refresh_token: session.refreshToken }
+    }
+    if (body.grant_type === 'refresh_token') {
+      if (!body.refresh_token) throw new OAuthError(400, 'invalid_request', 'refresh_token is required')
+      const result = await app.sessions.rotate(body.refresh_token, 0, meta(request))
+      if (!result.ok) throw new OAuthError(400, 'invalid_grant', 'the refresh token is invalid, expired or revoked')
+      await audit(app.db, { type: 'refresh.rotated', userId: result.userId, ...meta(request), details: { family_id: result.familyId } })
+      return { ...(await app.issueAccessToken(reply, result.userId, result.roles)), refresh_token: result.refreshToken }
+    }
+    throw new OAuthError(400, 'unsupported_grant_type', 'grant_type must be password or refresh_token')
+  })
+
+  app.post('/oauth/revoke', {
+    config: { rateLimit: {} },
+    schema: {
+      body: Type.Object({
+        token: Type.String({ maxLength: 4096 }),
+        token_type_hint: Type.Optional(Type.String({ maxLength: 64 }))
+      }),
+      response: { 200: Type.Object({}), 400: OAuthErrorReply, 503: OAuthErrorReply }
+    }
+  }, async (request, reply) => {
+    const { token } = request.body
+    reply.header('cache-control', 'no-store')
+    const family = await app.sessions.familyOf(token)
+    if (family) {
+      await app.sessions.revokeFamily(family.familyId, 'revoked', { ...meta(request), auditAs: 'session.revoked' })
+      return {}
+    }
+    // An access token of ours: refuse its jti until it expires. Anything else: RFC 7009
+    // says answer 200 all the same.
+    const user = await app.verifyAccessToken(token)
+    if (user) await denyAccessToken(app.db, user.claims)
+    return {}
+  })
+}
+
+export default oauth

@@ -1,0 +1,86 @@
+import { sql, type Kysely } from 'kysely'
+import type { Database } from './db/schema.js'
+import { audit, type AuditEvent } from './audit.js'
+import { errors } from './errors.js'
+
+export type Meta = Pick<AuditEvent, 'ip' | 'userAgent' | 'actorId'>
+
+export const DEFAULT_ROLE = 'user'
+const EMAIL = /^[^\s@]+@[^\s@]+\.[^\s@]+$/
+
+export function normalizeEmail(email: string): string {
+  return email.trim()
+}
+
+export function checkEmail(email: string): string {
+  const e = normalizeEmail(email)
+  if (e.length > 254 || !EMAIL.test(e)) throw new errors.InvalidInput('email must be a valid email address')
+  return e
+}
+
+export interface UserRecord {
+  id: string
+  email: string
+  password_hash: string
+  disabled: boolean
+}
+
+const byEmail = (email: string) => sql<boolean>`lower(email) = ${normalizeEmail(email).toLowerCase()}`
+
+export async function findUserByEmail(db: Kysely<Database>, email: string): Promise<UserRecord | undefined> {
+  return db.selectFrom('users').select(['id', 'email', 'password_hash', 'disabled'])
+    .where(byEmail(email)).executeTakeFirst()
+}
+
+export async function findUserById(db: Kysely<Database>, id: string): Promise<UserRecord | undefined> {
+  return db.selectFrom('users').select(['id', 'email', 'password_hash', 'disabled'])
+    .where('id', '=', id).executeTakeFirst()
+}
+
+export async function rolesOf(db: Kysely<Database>, userId: string): Promise<string[]> {
+  const rows = await db.selectFrom('user_roles').select('role').where('user_id', '=', userId).orderBy('role').execute()
+  return rows.map((r) => r.role)
+}
+
+// The user, its default role and the audit event commit together or not at all.
+export async function createUser(db: Kysely<Database>, email: string, passwordHash: string, meta: Meta = {}): Promise<{ id: string; email: string }> {
+  try {
+    return await db.transaction().execute(async (trx) => {
+      const user = await trx.insertInto('users')
+        .values({ email: normalizeEmail(email), password_hash: passwordHash, updated_at: sql`now()`, password_changed_at: sql`now()` })
+        .returning(['id', 'email']).executeTakeFirstOrThrow()
+      await trx.insertInto('user_roles').values({ user_id: user.id, role: DEFAULT_ROLE }).execute()
+      await audit(trx, { type: 'user.registered', userId: user.id, ...meta })
+      return user
+    })
+  } catch (err) {
+    if ((err as { code?: string }).code === '23505') throw new errors.EmailTaken()
+    throw err
+  }
+}
+
+export async function setPasswordHash(db: Kysely<Database>, userId: string, hash: string, changed: boolean): Promise<void> {
+  await db.updateTable('users')
+    .set(changed ? { password_hash: hash, updated_at: sql`now()`, password_changed_at: sql`now()` } : { password_hash: hash })
+    .where('id', '=', userId).execute()
+}
+
+export const ROLE = /^[a-z][a-z0-9_.:-]{0,63}$/
+
+export async function grantRole(db: Kysely<Database>, userId: string, role: string, meta: Meta = {}): Promise<boolean> {
+  return db.transaction().execute(async (trx) => {
+    const added = await trx.insertInto('user_roles').values({ user_id: userId, role })
+      .onConflict((oc) => oc.doNothing()).returning('role').executeTakeFirst()
+    if (added) await audit(trx, { type: 'role.granted', userId, ...meta, details: { role } })
+    return added !== undefined
+  })
+}
+
+export async function revokeRole(db: Kysely<Database>, userId: string, role: string, meta: Meta = {}): Promise<boolean> {
+  return db.transaction().execute(async (trx) => {
+    const removed = await trx.deleteFrom('user_roles').where('user_id', '=', userId).where('role', '=', role)
+      .returning('role').executeTakeFirst()
+    if (removed) await audit(trx, { type: 'role.revoked', userId, ...meta, details: { role } })
+    return removed !== undefined
+  })
+}

@@ -1,0 +1,161 @@
+import { createHash, randomBytes } from 'node:crypto'
+import { sql, type Kysely } from 'kysely'
+import type { Database } from '../db/schema.js'
+import { audit, type AuditEvent } from '../audit.js'
+
+// Refresh tokens: 256 random bits, stored only as SHA-256 (high-entropy input needs no slow
+// hash), grouped in a family per login. Each use spends the token and issues a child; a
+// spent token presented again revokes the family, because one of its two holders is a thief.
+export type Client = 'browser' | 'oauth'
+export type Meta = Pick<AuditEvent, 'ip' | 'userAgent'>
+
+export interface SessionEngineOptions {
+  refreshTtlSeconds: number
+  maxAgeSeconds: number
+  now?: () => number
+}
+
+export type RotateResult =
+  | { ok: true; userId: string; familyId: string; roles: string[]; refreshToken: string; expiresAt: Date }
+  | { ok: false; reason: 'invalid' | 'reuse' | 'race'; familyId?: string; userId?: string; usedAt?: Date }
+
+export function newRefreshToken(): { token: string; hash: Buffer } {
+  const token = randomBytes(32).toString('base64url')
+  return { token, hash: hashToken(token) }
+}
+
+export function hashToken(token: string): Buffer {
+  return createHash('sha256').update(token).digest()
+}
+
+// Anything that is not the shape we issue is invalid without touching the database.
+export function looksLikeRefreshToken(token: unknown): token is string {
+  return typeof token === 'string' && /^[A-Za-z0-9_-]{43}$/.test(token)
+}
+
+export class SessionEngine {
+  readonly #db: Kysely<Database>
+  readonly #opts: SessionEngineOptions
+
+  constructor(db: Kysely<Database>, opts: SessionEngineOptions) {
+    this.#db = db
+    this.#opts = opts
+  }
+
+  now(): Date {
+    return new Date(this.#opts.now?.() ?? Date.now())
+  }
+
+  // A new family with its first token: one statement, one round trip.
+  async start(userId: string, client: Client, meta: Meta = {}): Promise<{ familyId: string; refreshToken: string; expiresAt: Date }> {
+    const now = this.now()
+    const familyExpires = new Date(now.getTime() + this.#opts.maxAgeSeconds * 1000)
+    const expiresAt = new Date(Math.min(familyExpires.getTime(), now.getTime() + this.#opts.refreshTtlSeconds * 1000))
+    const { token, hash } = newRefreshToken()
+    const r = await sql<{ family_id: string }>`
+      with family as (
+        insert into refresh_families (user_id, client, created_at, expires_at, last_used_at, ip, user_agent)
+        values (${userId}, ${client}, ${now}, ${familyExpires}, ${now}, ${meta.ip ?? null}, ${meta.userAgent?.slice(0, 512) ?? null})
+        returning id
+      )
+      insert into refresh_tokens (token_hash, family_id, created_at, expires_at)
+      select ${hash}, id, ${now}, ${expiresAt} from family
+      returning family_id`.execute(this.#db)
+    return { familyId: r.rows[0]!.family_id, refreshToken: token, expiresAt }
+  }
+
+  // Spend `token` and issue its child in one statement. Concurrent presenters of one token
+  // queue on its row lock; after the winner commits, the others find it spent. So exactly
+  // one rotation happens, decided by the database rather than by check-then-act here.
+  async rotate(token: string, graceSeconds: number, meta: Meta = {}): Promise<RotateResult> {
+    if (!looksLikeRefreshToken(token)) return { ok: false, reason: 'invalid' }
+    const now = this.now()
+    const hash = hashToken(token)
+    const child = newRefreshToken()
+    const ttl = this.#opts.refreshTtlSeconds
+    const r = await sql<{ family_id: string; user_id: string; roles: string[]; expires_at: Date }>`
+      with spent as (
+        update refresh_tokens t set used_at = ${now}
+        from refresh_families f, users u
+        where t.token_hash = ${hash} and t.used_at is null and t.expires_at > ${now}
+          and f.id = t.family_id and f.revoked_at is null and f.expires_at > ${now}
+          and u.id = f.user_id and not u.disabled
+        returning t.family_id, f.user_id, least(${now}::timestamptz + make_interval(secs => ${ttl}), f.expires_at) as expires_at
+      ), issued as (
+        insert into refresh_tokens (token_hash, family_id, created_at, expires_at)
+        select ${child.hash}, family_id, ${now}, expires_at from spent
+      ), touched as (
+        update refresh_families set last_used_at = ${now} where id in (select family_id from spent)
+      )
+      select s.family_id, s.user_id, s.expires_at,
+        array(select role from user_roles where user_id = s.user_id order by role) as roles
+      from spent s`.execute(this.#db)
+    const row = r.rows[0]
+    if (row) {
+      return { ok: true, userId: row.user_id, familyId: row.family_id, roles: row.roles, refreshToken: child.token, expiresAt: row.expires_at }
+    }
+    return this.#refused(hash, now, graceSeconds, meta)
+  }
+
+  async #refused(hash: Buffer, now: Date, graceSeconds: number, meta: Meta): Promise<RotateResult> {
+    const t = await this.#db.selectFrom('refresh_tokens as t')
+      .innerJoin('refresh_families as f', 'f.id', 't.family_id')
+      .select(['t.family_id', 't.used_at', 'f.user_id', 'f.revoked_at'])
+      .where('t.token_hash', '=', hash).executeTakeFirst()
+    // Unknown, idle-expired, or in a family that already ended: simply invalid.
+    if (!t || !t.used_at || t.revoked_at) return { ok: false, reason: 'invalid' }
+    const since = now.getTime() - t.used_at.getTime()
+    if (graceSeconds > 0 && since >= 0 && since < graceSeconds * 1000) {
+      return { ok: false, reason: 'race', familyId: t.family_id, userId: t.user_id, usedAt: t.used_at }
+    }
+    const revoked = await this.revokeFamily(t.family_id, 'reuse_detected', { ...meta, auditAs: 'refresh.reuse_detected' })
+    // Two replays at once: only the one that revoked reports it; both are refused.
+    return { ok: false, reason: revoked ? 'reuse' : 'invalid', familyId: t.family_id, userId: t.user_id }
+  }
+
+  // Revoke one family (idempotent); the audit event commits with the revocation.
+  async revokeFamily(familyId: string, reason: string, opts: Meta & { auditAs?: AuditEvent['type']; actorId?: string | null; userId?: string } = {}): Promise<boolean> {
+    return this.#db.transaction().execute(async (trx) => {
+      const row = await trx.updateTable('refresh_families')
+        .set({ revoked_at: this.now(), revoked_reason: reason })
+        .where('id', '=', familyId).where('revoked_at', 'is', null)
+        .$if(opts.userId !== undefined, (q) => q.where('user_id', '=', opts.userId!))
+        .returning('user_id').executeTakeFirst()
+      if (row && opts.auditAs) {
+        await audit(trx, { type: opts.auditAs, userId: row.user_id, actorId: opts.actorId, ip: opts.ip, userAgent: opts.userAgent, details: { family_id: familyId, reason } })
+      }
+      return row !== undefined
+    })
+  }
+
+  // The family a token belongs to, spent or not (logout and RFC 7009 revocation).
+  async familyOf(token: string): Promise<{ familyId: string; userId: string } | undefined> {
+    if (!looksLikeRefreshToken(token)) return undefined
+    const row = await this.#db.selectFrom('refresh_tokens as t')
+      .innerJoin('refresh_families as f', 'f.id', 't.family_id')
+      .select(['t.family_id', 'f.user_id'])
+      .where('t.token_hash', '=', hashToken(token)).executeTakeFirst()
+    return row && { familyId: row.family_id, userId: row.user_id }
+  }
+
+  async revokeAllForUser(userId: string, reason: string, exceptFamilyId?: string): Promise<number> {
+    const rows = await this.#db.updateTable('refresh_families')
+      .set({ revoked_at: this.now(), revoked_reason: reason })
+      .where('user_id', '=', userId).where('revoked_at', 'is', null)
+      .$if(exceptFamilyId !== undefined, (q) => q.where('id', '!=', exceptFamilyId!))
+      .returning('id').execute()
+    return rows.length
+  }
+
+  async listActive(userId: string) {
+    const now = this.now()
+    return this.#db.selectFrom('refresh_families')
+      .select(['id', 'client', 'created_at', 'last_used_at', 'expires_at', 'ip', 'user_agent'])
+      .where('user_id', '=', userId).where('revoked_at', 'is', null).where('expires_at', '>', now)
+      // A family whose newest token idled out is over, even if nobody revoked it.
+      .where((eb) => eb.exists(eb.selectFrom('refresh_tokens').select(sql`1`.as('one'))
+        .whereRef('refresh_tokens.family_id', '=', 'refresh_families.id')
+        .where('refresh_tokens.used_at', 'is', null).where('refresh_tokens.expires_at', '>', now)))
+      .orderBy('last_used_at', 'desc').execute()
+  }
+}
