@@ -11,6 +11,7 @@ import authCore from '../plugins/auth-core.js'
 import accounts from '../plugins/accounts.js'
 import sessions from '../plugins/sessions.js'
 import oauth from '../plugins/oauth.js'
+import admin from '../plugins/admin.js'
 import cookie from '@fastify/cookie'
 import cors from '@fastify/cors'
 
@@ -37,7 +38,7 @@ export async function buildApp(config: Config, options: BuildOptions = {}): Prom
     trustProxy: parseTrustProxy(config.trustProxy) as boolean | string[] | undefined,
     return503OnClosing: true,
     forceCloseConnections: 'idle',
-    ajv: { customOptions: { removeAdditional: true, coerceTypes: false, allErrors: false } }
+    ajv: { customOptions: { removeAdditional: true, coerceTypes: 'array', allErrors: false } }
   })
 
   // JSON only, unless a route family (OAuth) adds form bodies: anything else is a 415.
@@ -83,6 +84,7 @@ export async function buildApp(config: Config, options: BuildOptions = {}): Prom
   await app.register(accounts, { allowedOrigins })
   await app.register(sessions, { allowedOrigins, reuseGraceSeconds: config.refreshReuseGrace, now: options.now })
   await app.register(oauth)
+  await app.register(admin)
   return app
 }
 

@@ -1,0 +1,175 @@
+import fp from 'fastify-plugin'
+import { Type, type FastifyPluginAsyncTypebox } from '@fastify/type-provider-typebox'
+import { sql } from 'kysely'
+import { errors } from '../src/errors.js'
+import { audit } from '../src/audit.js'
+import { ROLE, grantRole, revokeRole, rolesOf } from '../src/accounts.js'
+import { listKeys, rotateKeys } from '../src/signing/key-store.js'
+import { Uuid, errorReplies } from './schemas.js'
+
+const User = Type.Object({
+  id: Type.String(),
+  email: Type.String(),
+  disabled: Type.Boolean(),
+  roles: Type.Array(Type.String()),
+  created_at: Type.String()
+})
+
+const AUDIT_TYPES = [
+  'user.registered', 'login.success', 'login.failure', 'login.throttled', 'refresh.rotated',
+  'refresh.reuse_detected', 'logout', 'session.revoked', 'password.changed', 'role.granted',
+  'role.revoked', 'user.disabled', 'user.enabled', 'key.rotated', 'key.revoked'
+]
+
+// Every route here is admin-only and audited; the role check runs in onRequest, before
+// the body is even parsed.
+const plugin: FastifyPluginAsyncTypebox = async (app) => {
+  const admin = app.requireRole('admin')
+  const actor = (request: { ip: string; headers: Record<string, unknown>; user: { id: string } | null }) =>
+    ({ actorId: request.user!.id, ip: request.ip, userAgent: request.headers['user-agent'] as string | undefined })
+  const toUser = async (u: { id: string; email: string; disabled: boolean; created_at: Date }) =>
+    ({ id: u.id, email: u.email, disabled: u.disabled, created_at: u.created_at.toISOString(), roles: await rolesOf(app.db, u.id) })
+  const loadUser = async (id: string) => {
+    const u = await app.db.selectFrom('users').select(['id', 'email', 'disabled', 'created_at']).where('id', '=', id).executeTakeFirst()
+    if (!u) throw new errors.NotFound()
+    return u
+  }
+  const UserParams = Type.Object({ id: Uuid })
+
+  app.get('/admin/users', {
+    onRequest: admin,
+    schema: {
+      querystring: Type.Object({
+        limit: Type.Integer({ minimum: 1, maximum: 200, default: 50 }),
+        // Keyset pagination: the id of the last user of the previous page.
+        cursor: Type.Optional(Uuid),
+        email: Type.Optional(Type.String({ maxLength: 320 }))
+      }),
+      response: { 200: Type.Object({ users: Type.Array(User), next_cursor: Type.Union([Type.String(), Type.Null()]) }), ...errorReplies(400, 401, 403) }
+    }
+  }, async (request) => {
+    const { limit, cursor, email } = request.query
+    const rows = await app.db.selectFrom('users').select(['id', 'email', 'disabled', 'created_at'])
+      .$if(cursor !== undefined, (q) => q.where('id', '>', cursor!))
+      .$if(email !== undefined, (q) => q.where(sql<boolean>`lower(email) like ${'%' + email!.toLowerCase().replace(/[\\%_]/g, '\\$&') + '%'}`))
+      .orderBy('id').limit(limit + 1).execute()
+    const page = rows.slice(0, limit)
+    return { users: await Promise.all(page.map(toUser)), next_cursor: rows.length > limit ? page.at(-1)!.id : null }
+  })
+
+  app.get('/admin/users/:id', {
+    onRequest: admin,
+    schema: { params: UserParams, response: { 200: User, ...errorReplies(400, 401, 403, 404) } }
+  }, async (request) => toUser(await loadUser(request.params.id)))
+
+  app.put('/admin/users/:id/roles', {
+    onRequest: admin,
+    schema: {
+      params: UserParams,
+      body: Type.Object({ roles: Type.Array(Type.String({ pattern: ROLE.source }), { maxItems: 50, uniqueItems: true }) }),
+      response: { 200: User, ...errorReplies(400, 401, 403, 404) }
+    }
+  }, async (request) => {
+    const user = await loadUser(request.params.id)
+    // Everyone keeps the default role; the list sets the others.
+    const wanted = new Set([...request.body.roles, 'user'])
+    const current = new Set(await rolesOf(app.db, user.id))
+    for (const role of wanted) if (!current.has(role)) await grantRole(app.db, user.id, role, actor(request))
+    for (const role of current) if (!wanted.has(role)) await revokeRole(app.db, user.id, role, actor(request))
+    return toUser(user)
+  })
+
+  for (const action of ['disable', 'enable'] as const) {
+    app.post(`/admin/users/:id/${action}`, {
+      onRequest: admin,
+      schema: { params: UserParams, response: { 200: User, ...errorReplies(400, 401, 403, 404) } }
+    }, async (request) => {
+      const user = await loadUser(request.params.id)
+      await app.db.transaction().execute(async (trx) => {
+        await trx.updateTable('users').set({ disabled: action === 'disable', updated_at: sql`now()` }).where('id', '=', user.id).execute()
+        await audit(trx, { type: action === 'disable' ? 'user.disabled' : 'user.enabled', userId: user.id, ...actor(request) })
+      })
+      // A disabled account's sessions end with it.
+      if (action === 'disable') await app.sessions.revokeAllForUser(user.id, 'user_disabled')
+      return toUser({ ...user, disabled: action === 'disable' })
+    })
+  }
+
+  app.post('/admin/users/:id/revoke-sessions', {
+    onRequest: admin,
+    schema: { params: UserParams, response: { 200: Type.Object({ revoked: Type.Integer() }), ...errorReplies(400, 401, 403, 404) } }
+  }, async (request) => {
+    const user = await loadUser(request.params.id)
+    const revoked = await app.sessions.revokeAllForUser(user.id, 'admin_revoked')
+    await audit(app.db, { type: 'session.revoked', userId: user.id, ...actor(request), details: { count: revoked, by: 'admin' } })
+    return { revoked }
+  })
+
+  const Key = Type.Object({
+    kid: Type.String(),
+    state: Type.String(),
+    created_at: Type.String(),
+    activated_at: Type.Union([Type.String(), Type.Null()]),
+    retired_at: Type.Union([Type.String(), Type.Null()]),
+    revoked_at: Type.Union([Type.String(), Type.Null()])
+  })
+  const iso = (d: Date | null) => d?.toISOString() ?? null
+
+  app.get('/admin/keys', {
+    onRequest: admin,
+    schema: { response: { 200: Type.Object({ keys: Type.Array(Key) }), ...errorReplies(401, 403) } }
+  }, async () => ({
+    keys: (await listKeys(app.db)).map((k) => ({
+      kid: k.kid, state: k.state, created_at: k.created_at.toISOString(),
+      activated_at: iso(k.activated_at), retired_at: iso(k.retired_at), revoked_at: iso(k.revoked_at)
+    }))
+  }))
+
+  app.post('/admin/keys/rotate', {
+    onRequest: admin,
+    schema: { response: { 200: Type.Object({ kid: Type.String() }), ...errorReplies(401, 403) } }
+  }, async (request) => {
+    const kid = await rotateKeys(app.db, app.keyStore, actor(request))
+    await app.keyring.refresh(true)
+    return { kid }
+  })
+
+  const AuditEvent = Type.Object({
+    id: Type.String(),
+    type: Type.String(),
+    user_id: Type.Union([Type.String(), Type.Null()]),
+    actor_id: Type.Union([Type.String(), Type.Null()]),
+    ip: Type.Union([Type.String(), Type.Null()]),
+    user_agent: Type.Union([Type.String(), Type.Null()]),
+    details: Type.Record(Type.String(), Type.Unknown()),
+    created_at: Type.String()
+  })
+
+  app.get('/admin/audit', {
+    onRequest: admin,
+    schema: {
+      querystring: Type.Object({
+        type: Type.Optional(Type.Enum(AUDIT_TYPES)),
+        user_id: Type.Optional(Uuid),
+        limit: Type.Integer({ minimum: 1, maximum: 500, default: 100 }),
+        // Events older than this id (the last id of the previous page).
+        before: Type.Optional(Type.String({ pattern: '^[0-9]{1,18}$' }))
+      }),
+      response: { 200: Type.Object({ events: Type.Array(AuditEvent) }), ...errorReplies(400, 401, 403) }
+    }
+  }, async (request) => {
+    const { type, user_id: userId, limit, before } = request.query
+    const rows = await app.db.selectFrom('audit_events').selectAll()
+      .$if(type !== undefined, (q) => q.where('type', '=', type!))
+      .$if(userId !== undefined, (q) => q.where('user_id', '=', userId!))
+      .$if(before !== undefined, (q) => q.where('id', '<', before!))
+      .orderBy('id', 'desc').limit(limit).execute()
+    return { events: rows.map((r) => ({ ...r, id: String(r.id), created_at: r.created_at.toISOString() })) }
+  })
+}
+
+export default fp(plugin, {
+  name: 'keysmith-admin',
+  fastify: '5.x',
+  dependencies: ['keysmith-auth-core', 'keysmith-local-auth']
+})
