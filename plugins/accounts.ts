@@ -1,7 +1,8 @@
 import fp from 'fastify-plugin'
 import { Type, type FastifyPluginAsyncTypebox } from '@fastify/type-provider-typebox'
 import { errors } from '../src/errors.js'
-import { checkEmail, createUser, findUserById, rolesOf, setPasswordHash } from '../src/accounts.js'
+import { checkEmail, createUser, findUserById, normalizeEmail, rolesOf, setPasswordHash } from '../src/accounts.js'
+import { ThrottledError } from '../src/login.js'
 import { checkPasswordPolicy } from '../src/passwords.js'
 import { audit } from '../src/audit.js'
 import { Credentials, errorReplies } from './schemas.js'
@@ -56,8 +57,16 @@ const plugin: FastifyPluginAsyncTypebox<AccountsOptions> = async (app, opts) => 
     checkOrigin(request, opts.allowedOrigins)
     const user = await findUserById(app.db, request.user!.id)
     if (!user || user.disabled) throw new errors.Unauthorized()
+    // Guesses at the current password count, and are throttled, as failed logins are: a
+    // stolen access token must not become an unthrottled password oracle.
+    const throttleKey = normalizeEmail(user.email).toLowerCase()
+    const wait = await app.loginThrottle.retryAfter(throttleKey, request.ip)
+    if (wait > 0) {
+      reply.header('retry-after', String(wait))
+      throw new ThrottledError(wait)
+    }
     if (!(await app.passwords.verify(user.password_hash, request.body.current_password))) {
-      await app.loginThrottle.failure(user.email.toLowerCase(), request.ip)
+      await app.loginThrottle.failure(throttleKey, request.ip)
       throw new errors.InvalidCredentials()
     }
     const password = checkPasswordPolicy(request.body.new_password)

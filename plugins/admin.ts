@@ -1,3 +1,4 @@
+import type { FastifyRequest } from 'fastify'
 import fp from 'fastify-plugin'
 import { Type, type FastifyPluginAsyncTypebox } from '@fastify/type-provider-typebox'
 import { sql } from 'kysely'
@@ -24,7 +25,17 @@ const AUDIT_TYPES = [
 // Every route here is admin-only and audited; the role check runs in onRequest, before
 // the body is even parsed.
 const plugin: FastifyPluginAsyncTypebox = async (app) => {
-  const admin = app.requireRole('admin')
+  // The token says admin; the database must still agree. Tokens live up to an hour, and a
+  // disabled or demoted admin must lose this API at once, not when the token expires.
+  const stillAdmin = async (request: FastifyRequest) => {
+    const row = await app.db.selectFrom('users')
+      .select((eb) => ['disabled', eb.exists(eb.selectFrom('user_roles').select('role')
+        .whereRef('user_roles.user_id', '=', 'users.id').where('role', '=', 'admin')).as('admin')])
+      .where('id', '=', request.user!.id).executeTakeFirst()
+    if (!row || row.disabled) throw new errors.Unauthorized()
+    if (!row.admin) throw new errors.Forbidden()
+  }
+  const admin = [app.requireRole('admin'), stillAdmin]
   const actor = (request: { ip: string; headers: Record<string, unknown>; user: { id: string } | null }) =>
     ({ actorId: request.user!.id, ip: request.ip, userAgent: request.headers['user-agent'] as string | undefined })
   const toUser = async (u: { id: string; email: string; disabled: boolean; created_at: Date }) =>

@@ -71,7 +71,7 @@ const plugin: FastifyPluginAsync<KeysOptions> = async (app, opts) => {
   app.get('/.well-known/jwks.json', async (request, reply) => {
     const { body, etag } = keyring.jwks
     reply.header('cache-control', JWKS_CACHE_CONTROL).header('etag', etag)
-    if (request.headers['if-none-match'] === etag) return reply.code(304).send()
+    if (matchesEtag(request.headers['if-none-match'], etag)) return reply.code(304).send()
     return reply.type('application/json').send(body)
   })
 
@@ -93,6 +93,16 @@ const plugin: FastifyPluginAsync<KeysOptions> = async (app, opts) => {
     app.get(path, async (_request, reply) =>
       reply.header('cache-control', 'public, max-age=3600').type('application/json').send(discovery))
   }
+}
+
+// If-None-Match is a list and uses the weak comparison (RFC 9110 13.1.2): a cache or
+// proxy that weakened the ETag (W/"…") still gets its 304.
+function matchesEtag(header: string | undefined, etag: string): boolean {
+  if (!header) return false
+  return header.split(',').some((tag) => {
+    const t = tag.trim()
+    return t === '*' || t.replace(/^W\//, '') === etag
+  })
 }
 
 export default fp(plugin, { name: 'keysmith-keys', fastify: '5.x', dependencies: ['keysmith-database'] })

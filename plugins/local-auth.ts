@@ -22,6 +22,8 @@ const plugin: FastifyPluginAsync<LocalAuthOptions> = async (app, opts) => {
     issuer: opts.issuer,
     audience: opts.audience,
     getKey,
+    now: opts.now,
+    keySetGeneration: () => app.keyring.generation,
     isRevoked: (claims) => isDenied(app.db, claims)
   })
 }

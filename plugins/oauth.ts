@@ -20,13 +20,16 @@ const OAuthErrorReply = Type.Object({ error: Type.String(), error_description: T
 // stay inside this scope.
 const oauth: FastifyPluginAsyncTypebox = async (app) => {
   app.addContentTypeParser('application/x-www-form-urlencoded', { parseAs: 'string' }, (_request, body, done) => {
-    const params: Record<string, string> = {}
-    for (const [k, v] of new URLSearchParams(body as string)) {
-      // RFC 6749 §3.2: parameters must not repeat.
-      if (k in params) return done(new OAuthError(400, 'invalid_request', `parameter ${k} is repeated`), undefined)
-      params[k] = v
+    const params = new URLSearchParams(body as string)
+    // RFC 6749 §3.2: parameters must not repeat. A Set, not `k in {}`: names such as
+    // `constructor` are unrecognized parameters to ignore, not repeats.
+    const seen = new Set<string>()
+    for (const k of params.keys()) {
+      if (seen.has(k)) return done(new OAuthError(400, 'invalid_request', `parameter ${k} is repeated`), undefined)
+      seen.add(k)
     }
-    done(null, params)
+    // fromEntries defines own properties: a `__proto__` parameter cannot touch the prototype.
+    done(null, Object.fromEntries(params))
   })
 
   app.setErrorHandler((err: FastifyError | OAuthError, request, reply) => {
@@ -84,7 +87,7 @@ const oauth: FastifyPluginAsyncTypebox = async (app) => {
     }
     if (body.grant_type === 'refresh_token') {
       if (!body.refresh_token) throw new OAuthError(400, 'invalid_request', 'refresh_token is required')
-      const result = await app.sessions.rotate(body.refresh_token, 0, meta(request))
+      const result = await app.sessions.rotate(body.refresh_token, 'oauth', 0, meta(request))
       if (!result.ok) throw new OAuthError(400, 'invalid_grant', 'the refresh token is invalid, expired or revoked')
       await audit(app.db, { type: 'refresh.rotated', userId: result.userId, ...meta(request), details: { family_id: result.familyId } })
       return { ...(await app.issueAccessToken(reply, result.userId, result.roles)), refresh_token: result.refreshToken }

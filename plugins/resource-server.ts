@@ -2,6 +2,7 @@ import type { FastifyPluginAsync, FastifyReply, FastifyRequest } from 'fastify'
 import fp from 'fastify-plugin'
 import createError from '@fastify/error'
 import { createRemoteJWKSet, jwtVerify, type JWTPayload, type JWTVerifyGetKey } from 'jose'
+import { VerifiedTokenCache } from './verified-token-cache.js'
 
 export interface AuthenticatedUser {
   id: string
@@ -31,8 +32,16 @@ export interface ResourceServerOptions {
   jwksUrl?: string
   // Leeway for exp/nbf/iat, in seconds; capped at 60.
   clockTolerance?: number
+  // Least time between two JWKS fetches caused by an unknown kid, in seconds (default 30):
+  // a flood of tokens with made-up kids costs the issuer at most one request per period.
+  jwksCooldown?: number
+  // The clock checked against exp/nbf (Keysmith's tests inject one); defaults to Date.now.
+  now?: () => number
   // Keysmith itself verifies over its in-memory key set instead of fetching its own JWKS.
   getKey?: JWTVerifyGetKey
+  // Keysmith itself: a counter that changes whenever its key set does, so tokens verified
+  // under a since-revoked key are verified afresh.
+  keySetGeneration?: () => number
   // Keysmith itself refuses tokens whose jti was logged out.
   isRevoked?: (claims: JWTPayload) => Promise<boolean>
 }
@@ -47,11 +56,14 @@ const plugin: FastifyPluginAsync<ResourceServerOptions> = async (app, opts) => {
   if (typeof opts.issuer !== 'string' || !/^https?:\/\//.test(opts.issuer)) throw new InvalidOptions('issuer must be an http(s) URL')
   if (!opts.audience || (Array.isArray(opts.audience) && opts.audience.length === 0)) throw new InvalidOptions('audience is required')
   const clockTolerance = Math.min(Math.max(opts.clockTolerance ?? 60, 0), 60)
+  if (!Number.isFinite(clockTolerance)) throw new InvalidOptions('clockTolerance must be a number of seconds')
+  const cooldown = opts.jwksCooldown ?? 30
+  if (!Number.isFinite(cooldown) || cooldown < 0) throw new InvalidOptions('jwksCooldown must be a number of seconds, 0 or more')
   // jose's remote set caches keys, refetches on an unknown kid no more than once per
   // cooldown, and only ever uses kid/alg from the header: jku, x5u and jwk are ignored.
   const getKey = opts.getKey ?? createRemoteJWKSet(
     new URL(opts.jwksUrl ?? `${opts.issuer.replace(/\/+$/, '')}/.well-known/jwks.json`),
-    { cooldownDuration: 30_000, cacheMaxAge: 300_000, timeoutDuration: 5000 }
+    { cooldownDuration: cooldown * 1000, cacheMaxAge: 300_000, timeoutDuration: 5000 }
   )
   const verifyOptions = {
     algorithms: ['RS256'],
@@ -68,13 +80,21 @@ const plugin: FastifyPluginAsync<ResourceServerOptions> = async (app, opts) => {
     throw status === 401 ? new InvalidToken() : new InsufficientRole()
   }
 
-  // undefined, with the reason, for any token that must be refused.
+  const cache = new VerifiedTokenCache()
+  const now = opts.now ?? Date.now
+  const generation = opts.keySetGeneration ?? (() => 0)
+
+  // The user, or the reason the token must be refused.
   async function verify(token: string): Promise<AuthenticatedUser | { refused: string }> {
-    let claims: JWTPayload
-    try {
-      ;({ payload: claims } = await jwtVerify(token, getKey, verifyOptions))
-    } catch (err) {
-      return { refused: (err as { code?: string }).code ?? 'invalid' }
+    const at = now()
+    let claims = cache.get(token, at, generation())
+    if (!claims) {
+      try {
+        ;({ payload: claims } = await jwtVerify(token, getKey, { ...verifyOptions, currentDate: new Date(at) }))
+      } catch (err) {
+        return { refused: (err as { code?: string }).code ?? 'invalid' }
+      }
+      cache.set(token, claims, at, generation())
     }
     if (typeof claims.sub !== 'string') return { refused: 'no subject' }
     if (opts.isRevoked && (await opts.isRevoked(claims))) return { refused: 'revoked' }

@@ -43,7 +43,7 @@ const plugin: FastifyPluginAsyncTypebox<SessionsOptions> = async (app, opts) => 
     checkOrigin(request, opts.allowedOrigins)
     const token = refreshCookie(request)
     if (!token) throw new errors.InvalidRefresh()
-    const result = await app.sessions.rotate(token, opts.reuseGraceSeconds, meta(request))
+    const result = await app.sessions.rotate(token, 'browser', opts.reuseGraceSeconds, meta(request))
     if (!result.ok) {
       if (result.reason === 'race') {
         // Another tab just rotated this cookie; the jar already holds the new one.

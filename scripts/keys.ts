@@ -6,8 +6,23 @@ import { listKeys, resealKeys, revokeKey, rotateKeys } from '../src/signing/key-
 const USAGE = 'npm run keys -- list | rotate | revoke <kid> | reencrypt'
 const actor = { userAgent: 'keysmith/keys-script' }
 
-await runCli(USAGE, async ({ config, handle, args }) => {
-  const [command, ...rest] = args
+// Everything about the arguments that needs no database, checked before one is opened.
+function checkArgs([command, ...rest]: string[]): void {
+  switch (command) {
+    case 'list':
+    case 'rotate':
+    case 'reencrypt':
+      if (rest.length) throw new UsageError(`${command} takes no arguments`)
+      return
+    case 'revoke':
+      if (rest.length !== 1 || !/^[A-Za-z0-9_-]{1,128}$/.test(rest[0]!)) throw new UsageError('revoke takes exactly one kid')
+      return
+    default:
+      throw new UsageError(command ? `unknown command ${JSON.stringify(command)}` : 'a command is required')
+  }
+}
+
+await runCli(USAGE, async ({ config, handle, args: [command, kid] }) => {
   const iso = (d: Date | null) => d ? d.toISOString() : '-'
   const store = async () => ({
     box: new SealedBox(await resolveSecrets(config.keyEncryptionSecrets, config.keysDir)),
@@ -15,29 +30,23 @@ await runCli(USAGE, async ({ config, handle, args }) => {
   })
   switch (command) {
     case 'list': {
-      if (rest.length) throw new UsageError('list takes no arguments')
       for (const k of await listKeys(handle.db)) {
         process.stdout.write(`${k.kid}  ${k.state.padEnd(7)}  created=${iso(k.created_at)}  activated=${iso(k.activated_at)}  retired=${iso(k.retired_at ?? k.revoked_at)}\n`)
       }
       return
     }
     case 'rotate': {
-      if (rest.length) throw new UsageError('rotate takes no arguments')
       process.stdout.write(`${await rotateKeys(handle.db, await store(), actor)}\n`)
       return
     }
     case 'revoke': {
-      if (rest.length !== 1 || !/^[A-Za-z0-9_-]{1,128}$/.test(rest[0]!)) throw new UsageError('revoke takes exactly one kid')
-      await revokeKey(handle.db, await store(), rest[0]!, actor)
-      process.stdout.write(`revoked ${rest[0]}\n`)
+      await revokeKey(handle.db, await store(), kid!, actor)
+      process.stdout.write(`revoked ${kid}\n`)
       return
     }
     case 'reencrypt': {
       const changed = await resealKeys(handle.db, (await store()).box)
       process.stdout.write(`re-encrypted ${changed} key(s) under the first KEY_ENCRYPTION_SECRET\n`)
-      return
     }
-    default:
-      throw new UsageError(command ? `unknown command ${JSON.stringify(command)}` : 'a command is required')
   }
-})
+}, checkArgs)

@@ -13,34 +13,30 @@ async function readPassword(): Promise<string> {
   return Buffer.concat(chunks).toString('utf8').replace(/\r?\n$/, '')
 }
 
-await runCli(USAGE, async ({ config, handle, args }) => {
-  const [command, email, role, ...rest] = args
+// Everything about the arguments that needs no database, checked before one is opened.
+function checkArgs([command, email, role, ...rest]: string[]): void {
   if (!command) throw new UsageError('a command is required')
+  if (!['create', 'grant', 'revoke'].includes(command)) throw new UsageError(`unknown command ${JSON.stringify(command)}`)
   if (!email) throw new UsageError(`${command} needs an email`)
-  const userFor = async () => {
-    const user = await findUserByEmail(handle.db, email)
-    if (!user) throw new Error(`no user with email ${email}`)
-    return user
+  if (command === 'create') {
+    if (role !== undefined) throw new UsageError('create takes only an email; the password is read from stdin')
+    checkEmail(email)
+  } else {
+    if (!role || rest.length) throw new UsageError(`${command} takes an email and a role`)
+    if (!ROLE.test(role)) throw new UsageError(`role must match ${ROLE}`)
   }
-  switch (command) {
-    case 'create': {
-      if (role !== undefined) throw new UsageError('create takes only an email; the password is read from stdin')
-      const address = checkEmail(email)
-      const password = checkPasswordPolicy(await readPassword())
-      const user = await createUser(handle.db, address, await new PasswordHasher(config.argon2).hash(password), meta)
-      process.stdout.write(`${user.id}\n`)
-      return
-    }
-    case 'grant':
-    case 'revoke': {
-      if (!role || rest.length) throw new UsageError(`${command} takes an email and a role`)
-      if (!ROLE.test(role)) throw new UsageError(`role must match ${ROLE}`)
-      const user = await userFor()
-      const changed = command === 'grant' ? await grantRole(handle.db, user.id, role, meta) : await revokeRole(handle.db, user.id, role, meta)
-      process.stdout.write(`${command === 'grant' ? 'granted' : 'revoked'} ${role} ${changed ? '' : '(no change) '}for ${user.email}\n`)
-      return
-    }
-    default:
-      throw new UsageError(`unknown command ${JSON.stringify(command)}`)
+}
+
+await runCli(USAGE, async ({ config, handle, args }) => {
+  const [command, email, role] = args as [string, string, string]
+  if (command === 'create') {
+    const password = checkPasswordPolicy(await readPassword())
+    const user = await createUser(handle.db, checkEmail(email), await new PasswordHasher(config.argon2).hash(password), meta)
+    process.stdout.write(`${user.id}\n`)
+    return
   }
-})
+  const user = await findUserByEmail(handle.db, email)
+  if (!user) throw new Error(`no user with email ${email}`)
+  const changed = command === 'grant' ? await grantRole(handle.db, user.id, role, meta) : await revokeRole(handle.db, user.id, role, meta)
+  process.stdout.write(`${command === 'grant' ? 'granted' : 'revoked'} ${role} ${changed ? '' : '(no change) '}for ${user.email}\n`)
+}, checkArgs)

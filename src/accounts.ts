@@ -6,7 +6,8 @@ import { errors } from './errors.js'
 export type Meta = Pick<AuditEvent, 'ip' | 'userAgent' | 'actorId'>
 
 export const DEFAULT_ROLE = 'user'
-const EMAIL = /^[^\s@]+@[^\s@]+\.[^\s@]+$/
+// No whitespace or control characters (PostgreSQL text cannot even hold NUL).
+const EMAIL = /^[^\s@\p{Cc}]+@[^\s@\p{Cc}]+\.[^\s@\p{Cc}]+$/u
 
 export function normalizeEmail(email: string): string {
   return email.trim()
@@ -25,9 +26,14 @@ export interface UserRecord {
   disabled: boolean
 }
 
-const byEmail = (email: string) => sql<boolean>`lower(email) = ${normalizeEmail(email).toLowerCase()}`
+// Both sides folded by the database, as the unique index on lower(email) folds: JavaScript's
+// toLowerCase differs from PostgreSQL's lower() for some letters ('İ'), which would lock
+// such users out of their own account.
+const byEmail = (email: string) => sql<boolean>`lower(email) = lower(${normalizeEmail(email)})`
 
 export async function findUserByEmail(db: Kysely<Database>, email: string): Promise<UserRecord | undefined> {
+  // No stored email holds NUL, and PostgreSQL refuses it as a parameter: no such user.
+  if (email.includes('\0')) return undefined
   return db.selectFrom('users').select(['id', 'email', 'password_hash', 'disabled'])
     .where(byEmail(email)).executeTakeFirst()
 }

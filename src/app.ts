@@ -38,12 +38,26 @@ export async function buildApp(config: Config, options: BuildOptions = {}): Prom
     trustProxy: parseTrustProxy(config.trustProxy) as boolean | string[] | undefined,
     return503OnClosing: true,
     forceCloseConnections: 'idle',
+    // A first start initialises the embedded database, which can take many seconds.
+    pluginTimeout: 120_000,
     ajv: { customOptions: { removeAdditional: true, coerceTypes: 'array', allErrors: false } }
   })
 
   // JSON only, unless a route family (OAuth) adds form bodies: anything else is a 415.
   app.removeContentTypeParser('text/plain')
 
+  try {
+    await registerPlugins(app, config, options)
+  } catch (err) {
+    // A plugin that failed (a wrong key secret, say) must not leave the pool, or the
+    // embedded database and its lock, open behind the caller's back.
+    await app.close().catch(() => {})
+    throw err
+  }
+  return app
+}
+
+async function registerPlugins(app: FastifyInstance, config: Config, options: BuildOptions): Promise<void> {
   await app.register(errorHandling)
   await app.register(database, { databaseUrl: config.databaseUrl, dataDir: config.dataDir, handle: options.database })
   await app.register(keys, {
@@ -85,7 +99,6 @@ export async function buildApp(config: Config, options: BuildOptions = {}): Prom
   await app.register(sessions, { allowedOrigins, reuseGraceSeconds: config.refreshReuseGrace, now: options.now })
   await app.register(oauth)
   await app.register(admin)
-  return app
 }
 
 function parseTrustProxy(value: string | undefined): boolean | number | string[] | undefined {

@@ -79,10 +79,17 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
   const [error] = Value.Errors(EnvSchema, withDefaults)
   if (error) {
     const name = error.instancePath.split('/')[1] ?? Object.keys(raw)[0] ?? 'environment'
-    throw new ConfigError(`${name}: ${describe(name, env[name])} (${error.message})`)
+    const allowed = (error.params as { allowedValues?: unknown[] }).allowedValues
+    const reason = allowed ? `must be one of ${allowed.join(', ')}` : error.message
+    throw new ConfigError(`${name}: ${describe(name, env[name])} (${reason})`)
   }
   const e = withDefaults as Env
-  if (e.NODE_ENV === 'production' && !e.KEY_ENCRYPTION_SECRET) {
+  const keyEncryptionSecrets = e.KEY_ENCRYPTION_SECRET?.split(',').map((s) => s.trim()).filter(Boolean)
+  // "," or " " would otherwise fall back to the generated secret file, even in production.
+  if (keyEncryptionSecrets?.length === 0) {
+    throw new ConfigError('KEY_ENCRYPTION_SECRET: contains no secret (comma-separated, the first one encrypts)')
+  }
+  if (e.NODE_ENV === 'production' && !keyEncryptionSecrets) {
     throw new ConfigError('KEY_ENCRYPTION_SECRET: required when NODE_ENV=production')
   }
   const issuer = (e.ISSUER ?? `http://localhost:${e.PORT}`).replace(/\/+$/, '')
@@ -98,7 +105,7 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
     refreshTokenTtl: e.REFRESH_TOKEN_TTL,
     refreshReuseGrace: e.REFRESH_REUSE_GRACE,
     sessionMaxAge: e.SESSION_MAX_AGE,
-    keyEncryptionSecrets: e.KEY_ENCRYPTION_SECRET?.split(',').map((s) => s.trim()).filter(Boolean),
+    keyEncryptionSecrets,
     keysDir: e.KEYS_DIR,
     keySize: e.KEY_SIZE,
     keyRotationInterval: e.KEY_ROTATION_INTERVAL,

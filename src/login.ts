@@ -28,11 +28,12 @@ export class ThrottledError extends errors.Throttled {
 // Password login shared by /auth/login and the OAuth password grant. Every failure looks
 // the same to the client; which check failed is only in the audit log.
 export async function passwordLogin(deps: LoginDeps, req: LoginRequest): Promise<{ userId: string; roles: string[] }> {
+  // The throttle's key; the database folds case itself when it looks the user up.
   const email = normalizeEmail(req.email).toLowerCase()
   const meta: Pick<AuditEvent, 'ip' | 'userAgent'> = { ip: req.ip, userAgent: req.userAgent }
   const wait = await deps.throttle.retryAfter(email, req.ip)
   if (wait > 0) {
-    const user = await findUserByEmail(deps.db, email)
+    const user = await findUserByEmail(deps.db, req.email)
     await audit(deps.db, { type: 'login.throttled', userId: user?.id, ...meta, details: { retry_after: wait } })
     throw new ThrottledError(wait)
   }
@@ -43,7 +44,7 @@ export async function passwordLogin(deps: LoginDeps, req: LoginRequest): Promise
   }
   // Refused before hashing: an attacker must not make us hash megabytes.
   if ([...normalizePassword(req.password)].length > MAX_LENGTH) throw await fail(undefined, 'password_too_long')
-  const user = await findUserByEmail(deps.db, email)
+  const user = await findUserByEmail(deps.db, req.email)
   if (!user) {
     await deps.passwords.verifyDummy(req.password)
     throw await fail(undefined, 'unknown_email')

@@ -8,6 +8,9 @@ export interface Argon2Params {
   parallelism: number
 }
 
+// Argon2 1.3 (0x13), the version argon2.hash writes.
+const ARGON2_VERSION = 0x13
+
 export const MIN_LENGTH = 8
 export const MAX_LENGTH = 256
 
@@ -56,12 +59,19 @@ export class PasswordHasher {
     }
   }
 
+  // Only upwards: a stored hash that is not argon2id, or weaker than the configured
+  // parameters, is replaced; one that is stronger is kept. Otherwise lowering the settings
+  // would silently weaken stored hashes, and two instances with different settings (a
+  // rolling upgrade) would re-hash the same user back and forth on every login.
   needsRehash(hash: string): boolean {
-    try {
-      return argon2.needsRehash(hash, { ...this.#params })
-    } catch {
-      return true
-    }
+    // PHC string: $argon2id$v=19$m=19456,p=1,t=2$salt$hash (parameters in any order).
+    const [, id, version, params] = hash.split('$')
+    if (id !== 'argon2id' || !version || !params) return true
+    const n = new Map([version, ...params.split(',')].map((kv) => kv.split('=') as [string, string]))
+    // A missing or malformed value is NaN, which is never at least anything: re-hash.
+    const atLeast = (key: string, min: number) => Number(n.get(key)) >= min
+    const { memoryCost, timeCost, parallelism } = this.#params
+    return !(atLeast('v', ARGON2_VERSION) && atLeast('m', memoryCost) && atLeast('t', timeCost) && atLeast('p', parallelism))
   }
 
   // Unknown emails verify against this hash, so they cost exactly what a wrong password does.

@@ -29,9 +29,11 @@ export interface ThrottleStore {
   reset(key: string): Promise<void>
 }
 
+// The lock a failure starts. The failure that uses up the free ones starts the first lock,
+// so the attempt after `free` failures is already refused: `free` guesses, not `free + 1`.
 export function lockFor(failures: number, rule: ThrottleRule): number {
-  if (failures <= rule.free) return 0
-  return Math.min(rule.capMs, 1000 * 2 ** Math.min(failures - rule.free - 1, 30))
+  if (failures < rule.free) return 0
+  return Math.min(rule.capMs, 1000 * 2 ** Math.min(failures - rule.free, 30))
 }
 
 export class MemoryThrottleStore implements ThrottleStore {
@@ -76,8 +78,8 @@ const FAIL_SCRIPT = `
 local n = redis.call('HINCRBY', KEYS[1], 'n', 1)
 local free = tonumber(ARGV[2])
 local lock = 0
-if n > free then
-  lock = tonumber(ARGV[1]) + math.min(tonumber(ARGV[3]), 1000 * 2 ^ math.min(n - free - 1, 30))
+if n >= free then
+  lock = tonumber(ARGV[1]) + math.min(tonumber(ARGV[3]), 1000 * 2 ^ math.min(n - free, 30))
 end
 redis.call('HSET', KEYS[1], 'until', lock)
 redis.call('EXPIRE', KEYS[1], tonumber(ARGV[4]))

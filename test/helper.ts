@@ -3,6 +3,7 @@ import { setTimeout as sleep } from 'node:timers/promises'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { randomBytes } from 'node:crypto'
+import { createServer, type AddressInfo } from 'node:net'
 import pg from 'pg'
 import type { FastifyInstance } from 'fastify'
 import tap from 'tap'
@@ -132,4 +133,18 @@ export async function build(t: Test, opts: BuildTestOptions = {}): Promise<TestA
 export function testClock(start = Date.now()) {
   let now = start
   return { now: () => now, advance: (seconds: number) => { now += seconds * 1000 } }
+}
+
+// Keysmith on a real loopback socket, for tests that talk HTTP to it (resource servers,
+// examples). The issuer names the port, and the issuer is fixed at build time, so a free
+// port is picked first.
+export async function buildListening(t: Test, opts: BuildTestOptions = {}): Promise<TestApp & { issuer: string }> {
+  const probe = createServer()
+  await new Promise<void>((resolve) => probe.listen(0, '127.0.0.1', resolve))
+  const { port } = probe.address() as AddressInfo
+  await new Promise((resolve) => probe.close(resolve))
+  const issuer = `http://127.0.0.1:${port}`
+  const app = await build(t, { ...opts, env: { PORT: String(port), ISSUER: issuer, ...opts.env } })
+  await app.listen({ port, host: '127.0.0.1' })
+  return Object.assign(app, { issuer })
 }

@@ -31,8 +31,11 @@ export async function connect(opts: ConnectOptions): Promise<DatabaseHandle> {
     connectionTimeoutMillis: 3000,
     idleTimeoutMillis: 30_000
   })
-  // An idle client losing its connection must not crash the process; the next query retries.
+  // A client losing its connection must not crash the process; the next query retries. The
+  // pool reports idle clients; a checked-out client's query fails with the error, but pg
+  // also emits it on the client, where nobody else listens: an unhandled 'error' event.
   pool.on('error', (err) => log(`database pool error: ${err.message}`))
+  pool.on('connect', (client) => client.on('error', () => {}))
   const db = new Kysely<Database>({ dialect: new PostgresDialect({ pool }) })
   return {
     db,

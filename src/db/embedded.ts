@@ -1,7 +1,9 @@
-import { mkdir, open, readFile, rm } from 'node:fs/promises'
+import { mkdir, readFile, rm } from 'node:fs/promises'
 import { resolve, join } from 'node:path'
 import { setTimeout as sleep } from 'node:timers/promises'
 import pg from 'pg'
+import { createExclusive } from '../exclusive-file.js'
+import { serveEmbedded } from './embedded-server.js'
 
 // The embedded database is PGlite, which lives inside one process. The process that opens
 // it also serves it over the PostgreSQL wire protocol on a unix socket inside DATA_DIR, so
@@ -15,6 +17,9 @@ export interface EmbeddedHandle {
 }
 
 const SOCKET_NAME = '.s.PGSQL.5432'
+// Lock files this process holds or is taking, so that two opens in one process wait for
+// each other instead of both opening the same data directory.
+const held = new Set<string>()
 
 export async function openEmbedded(dataDir: string, log: (msg: string) => void): Promise<EmbeddedHandle> {
   const dir = resolve(dataDir)
@@ -30,27 +35,25 @@ export async function openEmbedded(dataDir: string, log: (msg: string) => void):
   }
   try {
     const { PGlite } = await import('@electric-sql/pglite')
-    const { PGLiteSocketServer } = await import('@electric-sql/pglite-socket')
     const started = Date.now()
     const db = await PGlite.create(join(dir, 'pgdata'))
     await rm(join(dir, SOCKET_NAME), { force: true })
-    // More than one connection: a pg.Pool needs it, and the socket server keeps a
-    // transaction's statements together per connection.
-    const server = new PGLiteSocketServer({ db, path: join(dir, SOCKET_NAME), maxConnections: 32 })
-    await server.start()
+    const server = await serveEmbedded(db, join(dir, SOCKET_NAME))
     log(`embedded PostgreSQL ready in ${Date.now() - started} ms (${dir})`)
     return {
       socketDir: dir,
       owner: true,
       async close() {
-        await server.stop()
+        await server.close()
         await db.close()
         await rm(join(dir, SOCKET_NAME), { force: true })
         await rm(lockPath, { force: true })
+        held.delete(lockPath)
       }
     }
   } catch (err) {
     await rm(lockPath, { force: true })
+    held.delete(lockPath)
     throw err
   }
 }
@@ -70,14 +73,17 @@ async function answers(socketDir: string): Promise<boolean> {
 }
 
 async function takeLock(lockPath: string): Promise<boolean> {
+  // Another open in this process holds the lock or is taking it: wait for its socket.
+  if (held.has(lockPath)) return false
+  held.add(lockPath)
+  let taken = false
   try {
-    const fh = await open(lockPath, 'wx', 0o600)
-    await fh.writeFile(String(process.pid))
-    await fh.close()
-    return true
-  } catch (err) {
-    if ((err as NodeJS.ErrnoException).code !== 'EEXIST') throw err
+    taken = await createExclusive(lockPath, String(process.pid), 0o600)
+  } finally {
+    if (!taken) held.delete(lockPath)
   }
+  if (taken) return true
+  // Our own pid here is stale too (no open in this process holds it): containers reuse pids.
   const pid = Number(await readFile(lockPath, 'utf8').catch(() => ''))
   if (pid && pid !== process.pid && isAlive(pid)) return false
   // The owner died without cleaning up: take over its stale lock.

@@ -1,7 +1,7 @@
 import { createHash, randomBytes } from 'node:crypto'
 import { sql, type Kysely } from 'kysely'
 import type { Database } from '../db/schema.js'
-import { audit, type AuditEvent } from '../audit.js'
+import type { AuditEvent } from '../audit.js'
 
 // Refresh tokens: 256 random bits, stored only as SHA-256 (high-entropy input needs no slow
 // hash), grouped in a family per login. Each use spends the token and issues a child; a
@@ -67,7 +67,9 @@ export class SessionEngine {
   // Spend `token` and issue its child in one statement. Concurrent presenters of one token
   // queue on its row lock; after the winner commits, the others find it spent. So exactly
   // one rotation happens, decided by the database rather than by check-then-act here.
-  async rotate(token: string, graceSeconds: number, meta: Meta = {}): Promise<RotateResult> {
+  // A token only rotates on the surface (client) that started its family: a browser's
+  // token never comes back in a JSON body, and an OAuth token never gets the browser grace.
+  async rotate(token: string, client: Client, graceSeconds: number, meta: Meta = {}): Promise<RotateResult> {
     if (!looksLikeRefreshToken(token)) return { ok: false, reason: 'invalid' }
     const now = this.now()
     const hash = hashToken(token)
@@ -78,7 +80,7 @@ export class SessionEngine {
         update refresh_tokens t set used_at = ${now}
         from refresh_families f, users u
         where t.token_hash = ${hash} and t.used_at is null and t.expires_at > ${now}
-          and f.id = t.family_id and f.revoked_at is null and f.expires_at > ${now}
+          and f.id = t.family_id and f.client = ${client} and f.revoked_at is null and f.expires_at > ${now}
           and u.id = f.user_id and not u.disabled
         returning t.family_id, f.user_id, least(${now}::timestamptz + make_interval(secs => ${ttl}), f.expires_at) as expires_at
       ), issued as (
@@ -94,18 +96,20 @@ export class SessionEngine {
     if (row) {
       return { ok: true, userId: row.user_id, familyId: row.family_id, roles: row.roles, refreshToken: child.token, expiresAt: row.expires_at }
     }
-    return this.#refused(hash, now, graceSeconds, meta)
+    return this.#refused(hash, client, now, graceSeconds, meta)
   }
 
-  async #refused(hash: Buffer, now: Date, graceSeconds: number, meta: Meta): Promise<RotateResult> {
+  async #refused(hash: Buffer, client: Client, now: Date, graceSeconds: number, meta: Meta): Promise<RotateResult> {
     const t = await this.#db.selectFrom('refresh_tokens as t')
       .innerJoin('refresh_families as f', 'f.id', 't.family_id')
-      .select(['t.family_id', 't.used_at', 'f.user_id', 'f.revoked_at'])
+      .select(['t.family_id', 't.used_at', 'f.user_id', 'f.revoked_at', 'f.client'])
       .where('t.token_hash', '=', hash).executeTakeFirst()
-    // Unknown, idle-expired, or in a family that already ended: simply invalid.
-    if (!t || !t.used_at || t.revoked_at) return { ok: false, reason: 'invalid' }
+    // Unknown, idle-expired, another surface's, or in a family that already ended: invalid.
+    if (!t || t.client !== client || !t.used_at || t.revoked_at) return { ok: false, reason: 'invalid' }
+    // A rotation stamped after this request read the clock (used_at > now) is a concurrent
+    // one: the request that won the row read the clock later but reached it first.
     const since = now.getTime() - t.used_at.getTime()
-    if (graceSeconds > 0 && since >= 0 && since < graceSeconds * 1000) {
+    if (graceSeconds > 0 && since < graceSeconds * 1000) {
       return { ok: false, reason: 'race', familyId: t.family_id, userId: t.user_id, usedAt: t.used_at }
     }
     const revoked = await this.revokeFamily(t.family_id, 'reuse_detected', { ...meta, auditAs: 'refresh.reuse_detected' })
@@ -113,19 +117,24 @@ export class SessionEngine {
     return { ok: false, reason: revoked ? 'reuse' : 'invalid', familyId: t.family_id, userId: t.user_id }
   }
 
-  // Revoke one family (idempotent); the audit event commits with the revocation.
+  // Revoke one family (idempotent). One statement, like rotation: the audit event commits
+  // with the revocation, and no transaction spans round trips on the refresh path.
   async revokeFamily(familyId: string, reason: string, opts: Meta & { auditAs?: AuditEvent['type']; actorId?: string | null; userId?: string } = {}): Promise<boolean> {
-    return this.#db.transaction().execute(async (trx) => {
-      const row = await trx.updateTable('refresh_families')
-        .set({ revoked_at: this.now(), revoked_reason: reason })
-        .where('id', '=', familyId).where('revoked_at', 'is', null)
-        .$if(opts.userId !== undefined, (q) => q.where('user_id', '=', opts.userId!))
-        .returning('user_id').executeTakeFirst()
-      if (row && opts.auditAs) {
-        await audit(trx, { type: opts.auditAs, userId: row.user_id, actorId: opts.actorId, ip: opts.ip, userAgent: opts.userAgent, details: { family_id: familyId, reason } })
-      }
-      return row !== undefined
-    })
+    const ownerIs = opts.userId === undefined ? sql`` : sql`and user_id = ${opts.userId}`
+    const audited = opts.auditAs === undefined ? sql`` : sql`, audited as (
+        insert into audit_events (type, user_id, actor_id, ip, user_agent, details)
+        select ${opts.auditAs}, user_id, ${opts.actorId ?? null}::uuid, ${opts.ip ?? null}, ${opts.userAgent?.slice(0, 512) ?? null},
+          ${JSON.stringify({ family_id: familyId, reason })}::jsonb
+        from revoked
+      )`
+    const r = await sql<{ user_id: string }>`
+      with revoked as (
+        update refresh_families set revoked_at = ${this.now()}, revoked_reason = ${reason}
+        where id = ${familyId} and revoked_at is null ${ownerIs}
+        returning user_id
+      )${audited}
+      select user_id from revoked`.execute(this.#db)
+    return r.rows.length > 0
   }
 
   // The family a token belongs to, spent or not (logout and RFC 7009 revocation).

@@ -149,9 +149,11 @@ export async function publishedKeys(db: Kysely<Database>): Promise<SigningKeyRow
     .orderBy('created_at').orderBy('kid').execute()
 }
 
-// A cheap fingerprint of the key set, polled by every instance to adopt changes.
+// A cheap fingerprint of the key set, polled by every instance to adopt changes. It covers
+// every key's state rather than max(updated_at): now() is a transaction's start time, so a
+// change committed after a later-started one would not move the maximum.
 export async function keySetVersion(db: Kysely<Database>): Promise<string> {
-  const r = await sql<{ v: string }>`select count(*)::text || ':' || coalesce(max(updated_at)::text, '') as v from signing_keys`.execute(db)
+  const r = await sql<{ v: string }>`select count(*)::text || ':' || coalesce(md5(string_agg(kid || '=' || state, ',' order by kid)), '') as v from signing_keys`.execute(db)
   return r.rows[0]!.v
 }
 

@@ -38,6 +38,7 @@ export class Keyring {
   #listener: pg.PoolClient | undefined
   #refreshing: Promise<void> | undefined
   #lastLoadOk = false
+  #generation = 0
   readonly #opts: KeyringOptions
 
   constructor(opts: KeyringOptions) {
@@ -50,6 +51,11 @@ export class Keyring {
 
   get jwks(): Jwks {
     return this.#jwks
+  }
+
+  // Changes whenever the set of verification keys does.
+  get generation(): number {
+    return this.#generation
   }
 
   get ready(): boolean {
@@ -123,17 +129,27 @@ export class Keyring {
     this.#active = active
     this.#nextExpiry = nextExpiry
     this.#jwks = serializeJwks(rows)
+    this.#generation++
   }
 
   async #listen(pool: pg.Pool) {
     const client = await pool.connect()
     client.on('notification', () => void this.refresh().catch(this.#onError))
     // A lost LISTEN connection is not fatal: polling still adopts changes within seconds.
+    // The broken client goes back to the pool, which drops it: pool.end() waits for every
+    // checked-out client, so keeping it would hang shutdown.
     client.on('error', (err) => {
       this.#onError(err)
-      if (this.#listener === client) this.#listener = undefined
+      if (this.#listener !== client) return
+      this.#listener = undefined
+      client.release(err)
     })
-    await client.query(`listen ${KEY_CHANNEL}`)
+    try {
+      await client.query(`listen ${KEY_CHANNEL}`)
+    } catch (err) {
+      client.release(err as Error)
+      throw err
+    }
     this.#listener = client
   }
 

@@ -1,0 +1,239 @@
+import { spawn, type ChildProcess } from 'node:child_process'
+import { randomBytes, randomUUID } from 'node:crypto'
+import { mkdtemp, rm } from 'node:fs/promises'
+import { createServer } from 'node:net'
+import { availableParallelism, tmpdir } from 'node:os'
+import { join } from 'node:path'
+import { createInterface } from 'node:readline'
+import autocannon from 'autocannon'
+import pg from 'pg'
+
+// `npm run bench`: starts Keysmith on loopback in its own process, drives it with autocannon
+// from this one, measures the baselines in the same run, and prints a table and one final
+// line of JSON. Every figure that matters is a ratio of two numbers taken here and now.
+const RUNS = Number(process.env.BENCH_RUNS ?? 3)
+const SECONDS = Number(process.env.BENCH_SECONDS ?? 4)
+const SOAK_SECONDS = Number(process.env.BENCH_SOAK_SECONDS ?? 60)
+const CONNECTIONS = Number(process.env.BENCH_CONNECTIONS ?? 32)
+const CORES = availableParallelism()
+const PASSWORD = 'correct horse battery staple'
+
+const median = (xs: number[]) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)]!
+const round = (x: number, digits = 0) => Number(x.toFixed(digits))
+const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms))
+
+async function freePort(): Promise<number> {
+  return new Promise((resolve, reject) => {
+    const s = createServer().listen(0, '127.0.0.1', () => {
+      const port = (s.address() as { port: number }).port
+      s.close(() => resolve(port))
+    }).on('error', reject)
+  })
+}
+
+function runNode(script: string, args: string[], env: NodeJS.ProcessEnv): ChildProcess {
+  return spawn(process.execPath, ['--import', 'tsx', script, ...args], { env, stdio: ['ignore', 'pipe', 'inherit'] })
+}
+
+async function firstJsonLine(child: ChildProcess): Promise<Record<string, number>> {
+  const rl = createInterface({ input: child.stdout! })
+  for await (const line of rl) {
+    if (line.startsWith('{')) return JSON.parse(line)
+  }
+  throw new Error('process ended without a result')
+}
+
+type Cannon = autocannon.Options
+async function cannon(opts: Cannon): Promise<autocannon.Result> {
+  const result = await autocannon({ connections: CONNECTIONS, duration: SECONDS, ...opts })
+  const failed = result.errors + result.timeouts + result.non2xx
+  if (failed > 0 && !opts.title?.startsWith('soak')) {
+    process.stderr.write(`warning: ${opts.title ?? opts.url}: ${result.errors} errors, ${result.timeouts} timeouts, ${result.non2xx} non-2xx\n`)
+  }
+  return result
+}
+
+async function main() {
+  const dir = await mkdtemp(join(tmpdir(), 'keysmith-bench-'))
+  const port = await freePort()
+  const base = `http://127.0.0.1:${port}`
+  const serverUrl = process.env.BENCH_DATABASE_URL ?? process.env.DATABASE_URL
+  // On a real server the bench works in a database of its own, dropped at the end.
+  const scratch = serverUrl ? await scratchDatabase(serverUrl) : undefined
+  const databaseUrl = scratch?.url
+  const env: NodeJS.ProcessEnv = {
+    ...process.env,
+    PORT: String(port),
+    ISSUER: base,
+    LOG_LEVEL: 'warn',
+    DATA_DIR: join(dir, 'data'),
+    KEYS_DIR: join(dir, 'keys'),
+    KEY_ENCRYPTION_SECRET: process.env.KEY_ENCRYPTION_SECRET ?? randomBytes(32).toString('base64url'),
+    // Measure throughput, not the abuse limits.
+    RATE_LIMIT_MAX: '1000000'
+  }
+  if (databaseUrl) env.DATABASE_URL = databaseUrl
+  else delete env.DATABASE_URL
+
+  const baseline = await firstJsonLine(runNode('scripts/bench/baseline.ts', [String(SECONDS)], env))
+  const server = runNode('scripts/bench/server.ts', [], env)
+  try {
+    const { rsPort } = await firstJsonLine(server)
+    const rs = `http://127.0.0.1:${rsPort}`
+    const json = async (path: string, body?: unknown, headers: Record<string, string> = {}) => {
+      const res = await fetch(base + path, body === undefined
+        ? { headers }
+        : { method: 'POST', headers: { 'content-type': 'application/json', ...headers }, body: JSON.stringify(body) })
+      return { status: res.status, body: await res.json().catch(() => ({})) as Record<string, unknown> }
+    }
+    const email = `bench-${randomUUID()}@example.com`
+    await json('/auth/register', { email, password: PASSWORD })
+    const login = await json('/auth/login', { email, password: PASSWORD })
+    const accessToken = login.body.access_token as string
+    if (!accessToken) throw new Error(`bench login failed: ${JSON.stringify(login)}`)
+    const loginBody = JSON.stringify({ email, password: PASSWORD })
+
+    // Refresh chains: every response hands back the next token of its family, as a real
+    // client gets it; a shared pool carries it to whichever connection sends next.
+    // (autocannon resets per-connection context after each pass over `requests`.)
+    const tokens: string[] = []
+    const mintFamilies = async (n: number) => {
+      for (let i = 0; i < n; i += 8) {
+        await Promise.all(Array.from({ length: Math.min(8, n - i) }, async () => {
+          const r = await json('/oauth/token', { grant_type: 'password', username: email, password: PASSWORD })
+          tokens.push(r.body.refresh_token as string)
+        }))
+      }
+    }
+    const refreshRequest = {
+      method: 'POST' as const,
+      path: '/oauth/token',
+      headers: { 'content-type': 'application/json' },
+      setupRequest: (req: autocannon.Request) =>
+        ({ ...req, body: JSON.stringify({ grant_type: 'refresh_token', refresh_token: tokens.shift() }) }),
+      onResponse: (status: number, body: string) => {
+        if (status === 200) tokens.push((JSON.parse(body) as { refresh_token: string }).refresh_token)
+      }
+    }
+
+    // Warm-up: JIT, pools, the resource server's JWKS fetch.
+    await cannon({ url: `${base}/bench/hello`, duration: 1 })
+    await cannon({ url: `${rs}/protected`, duration: 1, headers: { authorization: `Bearer ${accessToken}` } })
+
+    const runs: Record<string, number[]> = {}
+    const add = (k: string, v: number) => (runs[k] ??= []).push(v)
+    for (let r = 0; r < RUNS; r++) {
+      add('hello_rps', (await cannon({ url: `${base}/bench/hello` })).requests.average)
+      add('jwks_rps', (await cannon({ url: `${base}/.well-known/jwks.json` })).requests.average)
+      add('unprotected_rps', (await cannon({ url: `${rs}/unprotected` })).requests.average)
+      add('protected_rps', (await cannon({ url: `${rs}/protected`, headers: { authorization: `Bearer ${accessToken}` } })).requests.average)
+
+      await json('/bench/eld-reset', {})
+      const [loginRun, jwksDuring] = await Promise.all([
+        cannon({ url: `${base}/auth/login`, method: 'POST', headers: { 'content-type': 'application/json' }, body: loginBody, connections: 16 }),
+        cannon({ url: `${base}/.well-known/jwks.json`, connections: 1, title: 'jwks during login' })
+      ])
+      const stats = await json('/bench/stats')
+      add('login_rps', loginRun.requests.average)
+      add('jwks_rps_under_login', jwksDuring.requests.average)
+      add('jwks_p99_ms_under_login', jwksDuring.latency.p99)
+      add('event_loop_p99_ms_under_login', stats.body.eld_p99_ms as number)
+
+      await mintFamilies(CONNECTIONS + 8)
+      add('refresh_rps', (await cannon({ title: 'refresh', url: base, requests: [refreshRequest] })).requests.average)
+      tokens.length = 0
+    }
+
+    // Memory: RSS after warm-up, then after a long mixed load.
+    const mixed = async (seconds: number) => {
+      await mintFamilies(8)
+      const results = await Promise.all([
+        cannon({ title: 'soak login', url: `${base}/auth/login`, method: 'POST', headers: { 'content-type': 'application/json' }, body: loginBody, connections: 4, duration: seconds }),
+        cannon({ title: 'soak refresh', url: base, requests: [refreshRequest], connections: 8, duration: seconds }),
+        cannon({ title: 'soak me', url: `${base}/auth/me`, headers: { authorization: `Bearer ${accessToken}` }, connections: 8, duration: seconds }),
+        cannon({ title: 'soak jwks', url: `${base}/.well-known/jwks.json`, connections: 4, duration: seconds })
+      ])
+      tokens.length = 0
+      return results.reduce((n, r) => n + r.errors + r.timeouts, 0)
+    }
+    await mixed(5)
+    await sleep(1000)
+    const rssWarm = (await json('/bench/stats')).body.rss as number
+    const soakErrors = await mixed(SOAK_SECONDS)
+    await sleep(1000)
+    const rssAfter = (await json('/bench/stats')).body.rss as number
+
+    const m = Object.fromEntries(Object.entries(runs).map(([k, v]) => [k, median(v)]))
+    const result = {
+      cores: CORES,
+      database: databaseUrl ? 'postgres' : 'embedded',
+      runs: RUNS,
+      hello_rps: round(m.hello_rps!),
+      jwks_rps: round(m.jwks_rps!),
+      unprotected_rps: round(m.unprotected_rps!),
+      protected_rps: round(m.protected_rps!),
+      rsa_sign_per_s: round(baseline.rsa_sign_per_s!),
+      refresh_rps: round(m.refresh_rps!),
+      argon2_verify_per_s: round(baseline.argon2_verify_per_s!, 1),
+      login_rps: round(m.login_rps!, 1),
+      event_loop_p99_ms_under_login: round(m.event_loop_p99_ms_under_login!, 2),
+      jwks_rps_under_login: round(m.jwks_rps_under_login!),
+      jwks_p99_ms_under_login: round(m.jwks_p99_ms_under_login!, 1),
+      rss_warm_mb: round(rssWarm / 2 ** 20, 1),
+      rss_after_soak_mb: round(rssAfter / 2 ** 20, 1),
+      soak_seconds: SOAK_SECONDS,
+      soak_errors: soakErrors,
+      ratios: {
+        jwks_vs_hello: round(m.jwks_rps! / m.hello_rps!, 3),
+        protected_vs_unprotected: round(m.protected_rps! / m.unprotected_rps!, 3),
+        refresh_vs_sign_x_cores: round(m.refresh_rps! / (baseline.rsa_sign_per_s! * CORES), 3),
+        login_vs_argon2: round(m.login_rps! / baseline.argon2_verify_per_s!, 3),
+        rss_growth: round(rssAfter / rssWarm - 1, 3)
+      }
+    }
+    printTable(result, runs)
+    process.stdout.write(JSON.stringify(result) + '\n')
+  } finally {
+    server.kill('SIGTERM')
+    await new Promise((r) => server.once('exit', r))
+    await rm(dir, { recursive: true, force: true })
+    await scratch?.drop()
+  }
+}
+
+async function scratchDatabase(serverUrl: string) {
+  const name = `keysmith_bench_${randomBytes(6).toString('hex')}`
+  const admin = async (statement: string) => {
+    const client = new pg.Client({ connectionString: serverUrl })
+    await client.connect()
+    try {
+      await client.query(statement)
+    } finally {
+      await client.end()
+    }
+  }
+  await admin(`create database ${name}`)
+  const url = new URL(serverUrl)
+  url.pathname = `/${name}`
+  return { url: url.toString(), drop: () => admin(`drop database if exists ${name} with (force)`) }
+}
+
+function printTable(r: Record<string, unknown> & { ratios: Record<string, number> }, runs: Record<string, number[]>) {
+  const goals: [string, string, number, (x: number) => boolean][] = [
+    ['JWKS / hello', 'jwks_vs_hello', r.ratios.jwks_vs_hello!, (x) => x >= 0.9],
+    ['protected / unprotected', 'protected_vs_unprotected', r.ratios.protected_vs_unprotected!, (x) => x >= 0.8],
+    ['refresh / (RSA sign × cores)', 'refresh_vs_sign_x_cores', r.ratios.refresh_vs_sign_x_cores!, (x) => x >= 0.5],
+    ['login / argon2 verify', 'login_vs_argon2', r.ratios.login_vs_argon2!, (x) => x >= 0.85],
+    ['event-loop p99 under login (ms)', 'event_loop_p99_ms_under_login', r.event_loop_p99_ms_under_login as number, (x) => x < 20],
+    ['RSS growth after soak', 'rss_growth', r.ratios.rss_growth!, (x) => Math.abs(x) <= 0.1]
+  ]
+  const lines = [`Keysmith bench: ${r.cores} cores, ${r.database} database, median of ${r.runs} runs`, '']
+  for (const [k, v] of Object.entries(runs)) lines.push(`  ${k.padEnd(32)} ${v.map((x) => round(x, 1)).join('  ')}`)
+  lines.push('', `  ${'goal'.padEnd(34)} ${'value'.padStart(9)}  target`)
+  const targets = ['≥ 0.90', '≥ 0.80', '≥ 0.50', '≥ 0.85', '< 20', '≤ ±0.10']
+  goals.forEach(([label, , value, ok], i) =>
+    lines.push(`  ${label.padEnd(34)} ${String(value).padStart(9)}  ${targets[i]}  ${ok(value) ? 'ok' : 'MISSED'}`))
+  process.stdout.write(lines.join('\n') + '\n\n')
+}
+
+await main()

@@ -1,0 +1,163 @@
+import t, { type Test } from 'tap'
+import { readdir } from 'node:fs/promises'
+import { connect as tcpConnect, createServer, type NetConnectOpts, type Server, type Socket } from 'node:net'
+import { join } from 'node:path'
+import { fileURLToPath } from 'node:url'
+import { sql, type Kysely } from 'kysely'
+import pg from 'pg'
+import { build, freshDatabase, REAL_POSTGRES, sharedDatabase, type TestEnv } from '../helper.js'
+import { connect } from '../../src/db/connect.js'
+import { migrateToLatest } from '../../src/db/migrate.js'
+import { childEnv, eventually, freePort, run } from '../support.js'
+import { answer, wire, WireClient } from '../pg-wire.js'
+
+const MIGRATIONS = fileURLToPath(new URL('../../migrations', import.meta.url))
+const migrationNames = async () =>
+  (await readdir(MIGRATIONS)).filter((f) => f.endsWith('.ts')).map((f) => f.replace(/\.ts$/, '')).sort()
+
+const appliedMigrations = async (db: Kysely<any>) =>
+  (await sql<{ name: string; n: number }>`select name, count(*)::int as n from kysely_migration group by name order by name`.execute(db)).rows
+
+// Where the test database listens: the real server, or the embedded one's unix socket.
+function databaseAddress(env: TestEnv): NetConnectOpts {
+  if (!env.DATABASE_URL) return { path: join(env.DATA_DIR, '.s.PGSQL.5432') }
+  const url = new URL(env.DATABASE_URL)
+  return { host: url.hostname, port: Number(url.port || 5432) }
+}
+
+async function open(t: Test, env: TestEnv) {
+  const handle = await connect({ databaseUrl: env.DATABASE_URL, dataDir: env.DATA_DIR })
+  t.teardown(() => handle.close())
+  return handle
+}
+
+t.test('the suite runs in the database mode it was given', async (t) => {
+  const app = await build(t)
+  t.equal(app.database.mode, REAL_POSTGRES ? 'postgres' : 'embedded')
+  const { rows } = await sql<{ version: string }>`select version()`.execute(app.db)
+  t.match(rows[0]!.version, /PostgreSQL/)
+})
+
+t.test('migrating applies each migration once, and a second run applies nothing', async (t) => {
+  const env = await freshDatabase(t)
+  const handle = await open(t, env)
+  const names = await migrationNames()
+  const first = await migrateToLatest(handle.db)
+  t.same(first.map((r) => [r.migrationName, r.status]), names.map((n) => [n, 'Success']))
+  t.same(await migrateToLatest(handle.db), [], 'the second run applies nothing')
+  t.same(await appliedMigrations(handle.db), names.map((name) => ({ name, n: 1 })))
+  const tables = await sql<{ table_name: string }>`select table_name from information_schema.tables
+    where table_schema = 'public' and table_name not like 'kysely_%' order by table_name`.execute(handle.db)
+  t.same(tables.rows.map((r) => r.table_name),
+    ['audit_events', 'denied_tokens', 'refresh_families', 'refresh_tokens', 'signing_keys', 'user_roles', 'users'])
+})
+
+t.test('two instances opening and migrating a fresh database at once both succeed', async (t) => {
+  const env = await freshDatabase(t)
+  // In embedded mode one of them opens the database and the other waits for its socket.
+  const [a, b] = await Promise.all([open(t, env), open(t, env)])
+  t.equal(a.mode, b.mode)
+  const results = await Promise.all([migrateToLatest(a.db), migrateToLatest(b.db)])
+  const names = await migrationNames()
+  t.same(results.flat().map((r) => r.migrationName).sort(), names, 'each migration ran once in all')
+  t.same(await appliedMigrations(b.db), names.map((name) => ({ name, n: 1 })), 'one row per migration')
+})
+
+t.test('npm run migrate reports the applied migrations', async (t) => {
+  const { env } = await sharedDatabase()
+  const result = await run('scripts/migrate.ts', [], childEnv({ ...env, LOG_LEVEL: 'silent' }))
+  t.equal(result.code, 0, result.stderr)
+  t.equal(result.stdout, `migrations applied: ${(await migrationNames()).length} (${REAL_POSTGRES ? 'postgres' : 'embedded'} database)\n`)
+})
+
+// A TCP hop between an app and its database, to take the database away and bring it back.
+async function databaseProxy(t: Test, env: TestEnv) {
+  const target = databaseAddress(env)
+  const port = await freePort()
+  const sockets = new Set<Socket>()
+  let server: Server | undefined
+  const up = () => new Promise<void>((resolve, reject) => {
+    server = createServer((client) => {
+      const upstream = tcpConnect(target)
+      for (const s of [client, upstream]) {
+        sockets.add(s)
+        s.on('error', () => {}).on('close', () => { client.destroy(); upstream.destroy(); sockets.delete(s) })
+      }
+      client.pipe(upstream).pipe(client)
+    })
+    server.once('error', reject).listen(port, '127.0.0.1', () => resolve())
+  })
+  const down = () => new Promise<void>((resolve) => {
+    for (const s of sockets) s.destroy()
+    if (server) server.close(() => resolve())
+    else resolve()
+    server = undefined
+  })
+  t.teardown(down)
+  await up()
+  const url = new URL(env.DATABASE_URL ?? 'postgres://postgres@localhost/postgres')
+  url.hostname = '127.0.0.1'
+  url.port = String(port)
+  return { url: url.toString(), up, down }
+}
+
+t.test('ready is 503 while the database is away, and 200 again once it is back', async (t) => {
+  const { env } = await sharedDatabase()
+  const proxy = await databaseProxy(t, env)
+  const app = await build(t, { db: { ...env, DATABASE_URL: proxy.url } })
+  app.get('/t', { onRequest: app.authenticate }, async (request) => ({ id: request.user!.id }))
+  const { token } = await app.signer.mint({ sub: '00000000-0000-4000-8000-000000000001', roles: [] })
+  const auth = { authorization: `Bearer ${token}` }
+  t.equal((await app.inject('/ready')).statusCode, 200)
+  t.equal((await app.inject({ url: '/t', headers: auth })).statusCode, 200)
+
+  await proxy.down()
+  const ready = await app.inject('/ready')
+  t.equal(ready.statusCode, 503)
+  t.match(ready.json(), { status: 'unavailable', database: false, signing_key: true })
+  t.equal((await app.inject('/health')).statusCode, 200, 'health still answers')
+  const protectedRoute = await app.inject({ url: '/t', headers: auth })
+  t.equal(protectedRoute.statusCode, 503, 'a route that needs the database answers 503')
+  t.ok(protectedRoute.headers['retry-after'], 'with Retry-After')
+  t.same(protectedRoute.json(), { statusCode: 503, error: 'Service Unavailable', message: 'Service temporarily unavailable' })
+
+  await proxy.up()
+  const back = await eventually(async () => (await app.inject('/ready')).statusCode === 200)
+  t.ok(back, 'ready again once the database answers')
+  t.equal((await app.inject({ url: '/t', headers: auth })).statusCode, 200)
+})
+
+t.test("a connection's statement batch is never mixed with another connection's", async (t) => {
+  const { env } = await sharedDatabase()
+  const database = env.DATABASE_URL ? new URL(env.DATABASE_URL).pathname.slice(1) : 'postgres'
+  const a = await WireClient.open(databaseAddress(env), database)
+  const b = await WireClient.open(databaseAddress(env), database)
+  t.teardown(() => { a.close(); b.close() })
+  // A's batch arrives in two parts, as it may from another process; B's comes in between.
+  a.send(wire.parse('select $1::int + 1'), wire.flush())
+  await a.until('1') // ParseComplete
+  b.send(wire.parse("select $1::text || '!'"), wire.bind('b'), wire.execute(), wire.sync())
+  a.send(wire.bind('41'), wire.execute(), wire.sync())
+  const [answerA, answerB] = await Promise.all([a.until('Z'), b.until('Z')])
+  t.same(answer(answerA), { values: ['42'] }, 'A runs its own statement')
+  t.same(answer(answerB), { values: ['b!'] }, 'B runs its own statement')
+})
+
+t.test('a connection that hangs up mid-transaction has it rolled back and blocks no one', async (t) => {
+  const { env, handle } = await sharedDatabase()
+  await migrateToLatest(handle.db)
+  const config = env.DATABASE_URL
+    ? { connectionString: env.DATABASE_URL }
+    : { host: env.DATA_DIR, user: 'postgres', database: 'postgres' }
+  const type = `test.hangup.${Date.now()}`
+  const a = new pg.Client(config)
+  await a.connect()
+  await a.query('begin')
+  await a.query('insert into audit_events (type) values ($1)', [type])
+  await a.end()
+  const b = new pg.Client(config)
+  await b.connect()
+  t.teardown(() => b.end())
+  const { rows } = await b.query('select count(*)::int as n from audit_events where type = $1', [type])
+  t.same(rows, [{ n: 0 }])
+})
