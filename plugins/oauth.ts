@@ -1,6 +1,5 @@
 import type { FastifyError } from 'fastify'
 import { Type, type FastifyPluginAsyncTypebox } from '@fastify/type-provider-typebox'
-import { audit } from '../src/audit.js'
 import { ThrottledError } from '../src/login.js'
 import { isDatabaseUnavailable } from '../src/db/unavailable.js'
 import { denyAccessToken } from '../src/sessions/deny-list.js'
@@ -89,7 +88,6 @@ const oauth: FastifyPluginAsyncTypebox = async (app) => {
       if (!body.refresh_token) throw new OAuthError(400, 'invalid_request', 'refresh_token is required')
       const result = await app.sessions.rotate(body.refresh_token, 'oauth', 0, meta(request))
       if (!result.ok) throw new OAuthError(400, 'invalid_grant', 'the refresh token is invalid, expired or revoked')
-      await audit(app.db, { type: 'refresh.rotated', userId: result.userId, ...meta(request), details: { family_id: result.familyId } })
       return { ...(await app.issueAccessToken(reply, result.userId, result.roles)), refresh_token: result.refreshToken }
     }
     throw new OAuthError(400, 'unsupported_grant_type', 'grant_type must be password or refresh_token')

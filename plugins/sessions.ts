@@ -53,7 +53,6 @@ const plugin: FastifyPluginAsyncTypebox<SessionsOptions> = async (app, opts) => 
       clearRefreshCookie(reply)
       throw new errors.InvalidRefresh()
     }
-    await audit(app.db, { type: 'refresh.rotated', userId: result.userId, ...meta(request), details: { family_id: result.familyId } })
     setRefreshCookie(reply, result.refreshToken, result.expiresAt, now())
     return app.issueAccessToken(reply, result.userId, result.roles)
   })

@@ -64,7 +64,8 @@ export class SessionEngine {
     return { familyId: r.rows[0]!.family_id, refreshToken: token, expiresAt }
   }
 
-  // Spend `token` and issue its child in one statement. Concurrent presenters of one token
+  // Spend `token`, issue its child and record `refresh.rotated`, in one statement (one
+  // round trip, atomic without a transaction). Concurrent presenters of one token
   // queue on its row lock; after the winner commits, the others find it spent. So exactly
   // one rotation happens, decided by the database rather than by check-then-act here.
   // A token only rotates on the surface (client) that started its family: a browser's
@@ -88,6 +89,10 @@ export class SessionEngine {
         select ${child.hash}, family_id, ${now}, expires_at from spent
       ), touched as (
         update refresh_families set last_used_at = ${now} where id in (select family_id from spent)
+      ), audited as (
+        insert into audit_events (type, user_id, ip, user_agent, details)
+        select 'refresh.rotated', user_id, ${meta.ip ?? null}, ${meta.userAgent?.slice(0, 512) ?? null},
+          jsonb_build_object('family_id', family_id) from spent
       )
       select s.family_id, s.user_id, s.expires_at,
         array(select role from user_roles where user_id = s.user_id order by role) as roles
