@@ -45,6 +45,15 @@ export async function buildApp(config: Config, options: BuildOptions = {}): Prom
 
   // JSON only, unless a route family (OAuth) adds form bodies: anything else is a 415.
   app.removeContentTypeParser('text/plain')
+  // Browsers often send `content-type: application/json` with no body to the cookie
+  // endpoints (refresh, logout): an empty body is "no body", not malformed JSON. Everything
+  // else goes to Fastify's own parser, with its prototype-poisoning protection.
+  const parseJson = app.getDefaultJsonParser('error', 'error')
+  app.removeContentTypeParser('application/json')
+  app.addContentTypeParser('application/json', { parseAs: 'string' }, (request, body, done) => {
+    if (body === '') return done(null, undefined)
+    return parseJson(request, body as string, done)
+  })
 
   try {
     await registerPlugins(app, config, options)

@@ -101,3 +101,20 @@ t.test('requests without an Origin (same-origin navigation, native tools) are se
   t.equal((await refresh(app, a.cookie)).res.statusCode, 200)
   t.equal(a.res.headers['access-control-allow-origin'], undefined)
 })
+
+t.test('a JSON content type with an empty body is "no body" on the cookie endpoints', async (t) => {
+  const app = await buildApp(t)
+  const user = await register(app)
+  const a = await login(app, user)
+  const json = { 'content-type': 'application/json' }
+  const ok = await app.inject({ method: 'POST', url: '/auth/refresh', headers: { ...json, cookie: `${COOKIE}=${a.cookie}` } })
+  t.equal(ok.statusCode, 200, 'refresh works as browsers send it')
+  const none = await app.inject({ method: 'POST', url: '/auth/refresh', headers: json })
+  t.equal(none.statusCode, 401, 'no cookie is still 401, not a JSON error')
+  const out = await app.inject({ method: 'POST', url: '/auth/logout', headers: json })
+  t.equal(out.statusCode, 204)
+  const bad = await app.inject({ method: 'POST', url: '/auth/login', headers: json, payload: '{"email":' })
+  t.equal(bad.statusCode, 400, 'malformed JSON is still a 400')
+  const empty = await app.inject({ method: 'POST', url: '/auth/login', headers: json })
+  t.equal(empty.statusCode, 400, 'a route that needs a body still says so')
+})
