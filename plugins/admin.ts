@@ -54,7 +54,8 @@ const plugin: FastifyPluginAsyncTypebox = async (app) => {
         limit: Type.Integer({ minimum: 1, maximum: 200, default: 50 }),
         // Keyset pagination: the id of the last user of the previous page.
         cursor: Type.Optional(Uuid),
-        email: Type.Optional(Type.String({ maxLength: 320 }))
+        // No control characters: a NUL is an error in PostgreSQL, not a miss.
+        email: Type.Optional(Type.String({ maxLength: 320, pattern: '^[^\\u0000-\\u001f]*$' }))
       }),
       response: { 200: Type.Object({ users: Type.Array(User), next_cursor: Type.Union([Type.String(), Type.Null()]) }), ...errorReplies(400, 401, 403) }
     }

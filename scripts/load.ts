@@ -1,0 +1,234 @@
+import { spawn, type ChildProcess } from 'node:child_process'
+import { randomBytes, randomUUID } from 'node:crypto'
+import { mkdtemp, rm } from 'node:fs/promises'
+import { createServer } from 'node:net'
+import { tmpdir } from 'node:os'
+import { join } from 'node:path'
+import { createInterface } from 'node:readline'
+import autocannon from 'autocannon'
+import pg from 'pg'
+
+// `npm run load`: a bounded mixed load test. Starts Keysmith on loopback in its own process
+// (scripts/bench/server.ts, as `npm run bench` does), then drives login, the OAuth refresh
+// grant, GET /auth/me and the JWKS at once for LOAD_SECONDS (default 30, at most 60), and
+// reports per endpoint throughput, latency p50/p90/p99, errors and non-2xx answers, and the
+// server's RSS before and after. Any error, timeout or non-2xx answer is a failure: exit 1.
+// With DATABASE_URL (or LOAD_DATABASE_URL) the server works in a scratch database on that
+// server, dropped at the end; otherwise in a fresh embedded one.
+const MAX_SECONDS = 60
+const SECONDS = parseSeconds(process.env.LOAD_SECONDS)
+const WARMUP_SECONDS = 2
+const PASSWORD = 'correct horse battery staple'
+// Connections per endpoint: login is argon2-bound, so few; the rest share the event loop.
+const CONNECTIONS = { login: 2, refresh: 8, me: 8, jwks: 4 } as const
+
+function parseSeconds(value: string | undefined): number {
+  if (value === undefined || value === '') return 30
+  const n = Number(value)
+  if (!Number.isFinite(n) || n <= 0) throw new Error(`LOAD_SECONDS must be a positive number of seconds, not ${JSON.stringify(value)}`)
+  if (n > MAX_SECONDS) throw new Error(`LOAD_SECONDS must be at most ${MAX_SECONDS}`)
+  return n
+}
+
+const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms))
+const round = (x: number, digits = 1) => Number(x.toFixed(digits))
+
+async function freePort(): Promise<number> {
+  return new Promise((resolve, reject) => {
+    const s = createServer().listen(0, '127.0.0.1', () => {
+      const port = (s.address() as { port: number }).port
+      s.close(() => resolve(port))
+    }).on('error', reject)
+  })
+}
+
+function assertLoopback(url: string): void {
+  const host = new URL(url).hostname
+  if (!['127.0.0.1', 'localhost', '[::1]', '::1'].includes(host)) throw new Error(`load targets loopback only, not ${host}`)
+}
+
+async function firstJsonLine(child: ChildProcess): Promise<Record<string, unknown>> {
+  const rl = createInterface({ input: child.stdout! })
+  for await (const line of rl) {
+    if (line.startsWith('{')) return JSON.parse(line) as Record<string, unknown>
+  }
+  throw new Error('the server process ended before it was ready')
+}
+
+async function scratchDatabase(serverUrl: string) {
+  const name = `keysmith_load_${randomBytes(6).toString('hex')}`
+  const admin = async (statement: string) => {
+    const client = new pg.Client({ connectionString: serverUrl })
+    await client.connect()
+    try {
+      await client.query(statement)
+    } finally {
+      await client.end()
+    }
+  }
+  await admin(`create database ${name}`)
+  const url = new URL(serverUrl)
+  url.pathname = `/${name}`
+  return { url: url.toString(), drop: () => admin(`drop database if exists ${name} with (force)`) }
+}
+
+interface EndpointReport {
+  endpoint: string
+  connections: number
+  requests: number
+  rps: number
+  p50_ms: number
+  p90_ms: number
+  p99_ms: number
+  errors: number
+  timeouts: number
+  non2xx: number
+}
+
+function report(endpoint: string, connections: number, r: autocannon.Result): EndpointReport {
+  return {
+    endpoint,
+    connections,
+    requests: r.requests.total,
+    rps: round(r.requests.average),
+    p50_ms: round(r.latency.p50, 2),
+    p90_ms: round(r.latency.p90, 2),
+    p99_ms: round(r.latency.p99, 2),
+    errors: r.errors,
+    timeouts: r.timeouts,
+    non2xx: r.non2xx
+  }
+}
+
+async function main() {
+  const dir = await mkdtemp(join(tmpdir(), 'keysmith-load-'))
+  const port = await freePort()
+  const base = `http://127.0.0.1:${port}`
+  assertLoopback(base)
+  const serverUrl = process.env.LOAD_DATABASE_URL ?? process.env.DATABASE_URL
+  const scratch = serverUrl ? await scratchDatabase(serverUrl) : undefined
+  const env: NodeJS.ProcessEnv = {
+    ...process.env,
+    PORT: String(port),
+    ISSUER: base,
+    LOG_LEVEL: 'warn',
+    DATA_DIR: join(dir, 'data'),
+    KEYS_DIR: join(dir, 'keys'),
+    KEY_ENCRYPTION_SECRET: process.env.KEY_ENCRYPTION_SECRET ?? randomBytes(32).toString('base64url'),
+    // Measure the service under load, not the abuse limits.
+    RATE_LIMIT_MAX: '1000000'
+  }
+  if (scratch) env.DATABASE_URL = scratch.url
+  else delete env.DATABASE_URL
+
+  const server = spawn(process.execPath, ['--import', 'tsx', 'scripts/bench/server.ts'], { env, stdio: ['ignore', 'pipe', 'inherit'] })
+  let failed = false
+  try {
+    await firstJsonLine(server)
+    const json = async (path: string, body?: unknown) => {
+      const res = await fetch(base + path, body === undefined
+        ? {}
+        : { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify(body) })
+      return { status: res.status, body: await res.json().catch(() => ({})) as Record<string, unknown> }
+    }
+    const rss = async () => (await json('/bench/stats')).body.rss as number
+
+    const email = `load-${randomUUID()}@example.com`
+    const registered = await json('/auth/register', { email, password: PASSWORD })
+    if (registered.status !== 201) throw new Error(`register failed: ${JSON.stringify(registered)}`)
+    const login = await json('/auth/login', { email, password: PASSWORD })
+    const accessToken = login.body.access_token as string
+    if (!accessToken) throw new Error(`login failed: ${JSON.stringify(login)}`)
+    const loginBody = JSON.stringify({ email, password: PASSWORD })
+
+    // Refresh chains: every answer hands back the next token of its family; a shared pool
+    // carries it to whichever connection sends next (autocannon resets per-connection
+    // context after each pass over `requests`). The pool holds more tokens than there can
+    // be refreshes in flight, so no request ever goes out without one.
+    const tokens: string[] = []
+    const mintFamilies = async (n: number) => {
+      for (let i = 0; i < n; i += 4) {
+        await Promise.all(Array.from({ length: Math.min(4, n - i) }, async () => {
+          const r = await json('/oauth/token', { grant_type: 'password', username: email, password: PASSWORD })
+          if (r.status !== 200) throw new Error(`token failed: ${JSON.stringify(r)}`)
+          tokens.push(r.body.refresh_token as string)
+        }))
+      }
+    }
+    await mintFamilies(CONNECTIONS.refresh + 8)
+    const refreshRequest = {
+      method: 'POST' as const,
+      path: '/oauth/token',
+      headers: { 'content-type': 'application/json' },
+      setupRequest: (req: autocannon.Request) =>
+        ({ ...req, body: JSON.stringify({ grant_type: 'refresh_token', refresh_token: tokens.shift() }) }),
+      onResponse: (status: number, body: string) => {
+        if (status === 200) tokens.push((JSON.parse(body) as { refresh_token: string }).refresh_token)
+      }
+    }
+
+    const mixed = (seconds: number) => Promise.all([
+      autocannon({ title: 'login', url: `${base}/auth/login`, method: 'POST', headers: { 'content-type': 'application/json' }, body: loginBody, connections: CONNECTIONS.login, duration: seconds }),
+      autocannon({ title: 'refresh', url: base, requests: [refreshRequest], connections: CONNECTIONS.refresh, duration: seconds }),
+      autocannon({ title: 'me', url: `${base}/auth/me`, headers: { authorization: `Bearer ${accessToken}` }, connections: CONNECTIONS.me, duration: seconds }),
+      autocannon({ title: 'jwks', url: `${base}/.well-known/jwks.json`, connections: CONNECTIONS.jwks, duration: seconds })
+    ])
+    const toReports = (results: autocannon.Result[]) => [
+      report('POST /auth/login', CONNECTIONS.login, results[0]!),
+      report('POST /oauth/token (refresh)', CONNECTIONS.refresh, results[1]!),
+      report('GET /auth/me', CONNECTIONS.me, results[2]!),
+      report('GET /.well-known/jwks.json', CONNECTIONS.jwks, results[3]!)
+    ]
+    const bad = (rs: EndpointReport[]) => rs.reduce((n, r) => n + r.errors + r.timeouts + r.non2xx, 0)
+
+    // Warm-up (JIT, pools), then RSS, the measured run, and RSS again once it settles.
+    const warm = toReports(await mixed(WARMUP_SECONDS))
+    await sleep(500)
+    const rssBefore = await rss()
+    const started = Date.now()
+    const reports = toReports(await mixed(SECONDS))
+    const elapsed = (Date.now() - started) / 1000
+    await sleep(1000)
+    const rssAfter = await rss()
+
+    const failures = bad(reports) + bad(warm)
+    failed = failures > 0
+    const result = {
+      database: scratch ? 'postgres' : 'embedded',
+      seconds: SECONDS,
+      elapsed_seconds: round(elapsed, 1),
+      endpoints: reports,
+      total_requests: reports.reduce((n, r) => n + r.requests, 0),
+      total_rps: round(reports.reduce((n, r) => n + r.rps, 0)),
+      warmup_failures: bad(warm),
+      failures,
+      rss_before_mb: round(rssBefore / 2 ** 20),
+      rss_after_mb: round(rssAfter / 2 ** 20),
+      rss_growth: round(rssAfter / rssBefore - 1, 3),
+      ok: !failed
+    }
+    printTable(result)
+    process.stdout.write(JSON.stringify(result) + '\n')
+  } finally {
+    server.kill('SIGTERM')
+    if (server.exitCode === null && server.signalCode === null) await new Promise((r) => server.once('exit', r))
+    await rm(dir, { recursive: true, force: true })
+    await scratch?.drop()
+  }
+  if (failed) {
+    process.stderr.write('load: FAILED: errors, timeouts or non-2xx answers under load\n')
+    process.exitCode = 1
+  }
+}
+
+function printTable(r: { database: string; seconds: number; endpoints: EndpointReport[]; total_rps: number; failures: number; rss_before_mb: number; rss_after_mb: number; rss_growth: number }) {
+  const cols: [string, number][] = [['endpoint', 30], ['conns', 6], ['requests', 9], ['req/s', 9], ['p50 ms', 8], ['p90 ms', 8], ['p99 ms', 8], ['errors', 7], ['timeouts', 9], ['non-2xx', 8]]
+  const row = (cells: (string | number)[]) => '  ' + cells.map((c, i) => i === 0 ? String(c).padEnd(cols[i]![1]) : String(c).padStart(cols[i]![1])).join(' ')
+  const lines = [`Keysmith load: ${r.seconds} s, ${r.database} database, loopback`, '', row(cols.map(([c]) => c))]
+  for (const e of r.endpoints) lines.push(row([e.endpoint, e.connections, e.requests, e.rps, e.p50_ms, e.p90_ms, e.p99_ms, e.errors, e.timeouts, e.non2xx]))
+  lines.push('', `  total ${r.total_rps} req/s; errors + timeouts + non-2xx: ${r.failures} ${r.failures === 0 ? '(ok)' : '(FAILED)'}`)
+  lines.push(`  server RSS ${r.rss_before_mb} MiB before, ${r.rss_after_mb} MiB after (${r.rss_growth >= 0 ? '+' : ''}${round(r.rss_growth * 100)} %)`)
+  process.stdout.write(lines.join('\n') + '\n\n')
+}
+
+await main()
