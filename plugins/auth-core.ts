@@ -26,7 +26,10 @@ const plugin: FastifyPluginAsync<AuthCoreOptions> = async (app, opts) => {
   const passwords = new PasswordHasher(opts.argon2)
   app.decorate('passwords', passwords)
   app.decorate('sessions', new SessionEngine(app.db, {
-    refreshTtlSeconds: opts.refreshTokenTtl, maxAgeSeconds: opts.sessionMaxAge, now: opts.now
+    refreshTtlSeconds: opts.refreshTokenTtl,
+    maxAgeSeconds: opts.sessionMaxAge,
+    now: opts.now,
+    preparedPool: app.database.mode === 'postgres' ? app.database.pool : undefined
   }))
   app.decorate('login', (request: FastifyRequest, email: string, password: string) => passwordLogin(
     { db: app.db, passwords, throttle: app.loginThrottle },

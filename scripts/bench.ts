@@ -131,7 +131,7 @@ async function main() {
       await json('/bench/eld-reset', {})
       const [loginRun, jwksDuring] = await Promise.all([
         cannon({ url: `${base}/auth/login`, method: 'POST', headers: { 'content-type': 'application/json' }, body: loginBody, connections: 16 }),
-        cannon({ url: `${base}/.well-known/jwks.json`, connections: 1, title: 'jwks during login' })
+        cannon({ url: `${base}/.well-known/jwks.json`, connections: 1, overallRate: 200, title: 'jwks during login' })
       ])
       const stats = await json('/bench/stats')
       add('login_rps', loginRun.requests.average)

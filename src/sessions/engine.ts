@@ -1,5 +1,6 @@
 import { createHash, randomBytes } from 'node:crypto'
 import { sql, type Kysely } from 'kysely'
+import type pg from 'pg'
 import type { Database } from '../db/schema.js'
 import type { AuditEvent } from '../audit.js'
 
@@ -13,6 +14,17 @@ export interface SessionEngineOptions {
   refreshTtlSeconds: number
   maxAgeSeconds: number
   now?: () => number
+  // Real PostgreSQL only: run the rotation as a named prepared statement on this pool, so
+  // the server plans it once per connection instead of on every refresh. (The embedded
+  // database is one session behind many connections, where statement names would clash.)
+  preparedPool?: pg.Pool
+}
+
+interface RotatedRow {
+  family_id: string
+  user_id: string
+  roles: string[]
+  expires_at: Date
 }
 
 export type RotateResult =
@@ -76,7 +88,7 @@ export class SessionEngine {
     const hash = hashToken(token)
     const child = newRefreshToken()
     const ttl = this.#opts.refreshTtlSeconds
-    const r = await sql<{ family_id: string; user_id: string; roles: string[]; expires_at: Date }>`
+    const query = sql<RotatedRow>`
       with spent as (
         update refresh_tokens t set used_at = ${now}
         from refresh_families f, users u
@@ -96,8 +108,10 @@ export class SessionEngine {
       )
       select s.family_id, s.user_id, s.expires_at,
         array(select role from user_roles where user_id = s.user_id order by role) as roles
-      from spent s`.execute(this.#db)
-    const row = r.rows[0]
+      from spent s`.compile(this.#db)
+    const row = this.#opts.preparedPool
+      ? (await this.#opts.preparedPool.query<RotatedRow>({ name: 'keysmith_rotate', text: query.sql, values: query.parameters as unknown[] })).rows[0]
+      : (await this.#db.executeQuery(query)).rows[0]
     if (row) {
       return { ok: true, userId: row.user_id, familyId: row.family_id, roles: row.roles, refreshToken: child.token, expiresAt: row.expires_at }
     }
