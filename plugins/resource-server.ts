@@ -80,30 +80,33 @@ const plugin: FastifyPluginAsync<ResourceServerOptions> = async (app, opts) => {
     throw status === 401 ? new InvalidToken() : new InsufficientRole()
   }
 
-  const cache = new VerifiedTokenCache()
+  const cache = new VerifiedTokenCache<AuthenticatedUser>()
   const now = opts.now ?? Date.now
   const generation = opts.keySetGeneration ?? (() => 0)
 
   // The user, or the reason the token must be refused.
   async function verify(token: string): Promise<AuthenticatedUser | { refused: string }> {
     const at = now()
-    let claims = cache.get(token, at, generation())
-    if (!claims) {
+    let user = cache.get(token, at, generation())
+    if (!user) {
+      let claims: JWTPayload
       try {
         ;({ payload: claims } = await jwtVerify(token, getKey, { ...verifyOptions, currentDate: new Date(at) }))
       } catch (err) {
         return { refused: (err as { code?: string }).code ?? 'invalid' }
       }
-      cache.set(token, claims, at, generation())
+      if (typeof claims.sub !== 'string') return { refused: 'no subject' }
+      // Built once per token and shared by the requests that present it, hence frozen.
+      user = Object.freeze({
+        id: claims.sub,
+        roles: Object.freeze(Array.isArray(claims.roles) ? claims.roles.filter((r): r is string => typeof r === 'string') : []) as string[],
+        scope: Object.freeze(typeof claims.scope === 'string' ? claims.scope.split(' ').filter(Boolean) : []) as string[],
+        claims: Object.freeze(claims)
+      })
+      cache.set(token, user, at, generation())
     }
-    if (typeof claims.sub !== 'string') return { refused: 'no subject' }
-    if (opts.isRevoked && (await opts.isRevoked(claims))) return { refused: 'revoked' }
-    return {
-      id: claims.sub,
-      roles: Array.isArray(claims.roles) ? claims.roles.filter((r): r is string => typeof r === 'string') : [],
-      scope: typeof claims.scope === 'string' ? claims.scope.split(' ').filter(Boolean) : [],
-      claims
-    }
+    if (opts.isRevoked && (await opts.isRevoked(user.claims))) return { refused: 'revoked' }
+    return user
   }
 
   const authenticate: AuthHook = async (request, reply) => {

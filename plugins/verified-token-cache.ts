@@ -6,36 +6,37 @@ import type { JWTPayload } from 'jose'
 // as soon as the JWKS cache lets it), nor a change of the local key set (`generation`).
 const MAX_AGE_MS = 60_000
 
-interface Entry {
-  claims: JWTPayload
+interface Entry<T> {
+  value: T
   until: number
   generation: number
 }
 
-export class VerifiedTokenCache {
-  readonly #entries = new Map<string, Entry>()
+export class VerifiedTokenCache<T extends { claims: JWTPayload }> {
+  readonly #entries = new Map<string, Entry<T>>()
   readonly #max: number
 
   constructor(max = 10_000) {
     this.#max = max
   }
 
-  get(token: string, now: number, generation: number): JWTPayload | undefined {
+  get(token: string, now: number, generation: number): T | undefined {
     const e = this.#entries.get(token)
     if (!e) return undefined
     if (e.until <= now || e.generation !== generation) {
       this.#entries.delete(token)
       return undefined
     }
-    return e.claims
+    return e.value
   }
 
-  set(token: string, claims: JWTPayload, now: number, generation: number): void {
-    if (typeof claims.exp !== 'number') return
-    const until = Math.min(claims.exp * 1000, now + MAX_AGE_MS)
+  set(token: string, value: T, now: number, generation: number): void {
+    const { exp } = value.claims
+    if (typeof exp !== 'number') return
+    const until = Math.min(exp * 1000, now + MAX_AGE_MS)
     if (until <= now) return
     // Oldest first out: Map iterates in insertion order.
     if (this.#entries.size >= this.#max) this.#entries.delete(this.#entries.keys().next().value!)
-    this.#entries.set(token, { claims, until, generation })
+    this.#entries.set(token, { value, until, generation })
   }
 }
