@@ -277,3 +277,17 @@ t.test('without KEY_ENCRYPTION_SECRET a generated secret is kept in KEYS_DIR wit
   await t.rejects(build(t, { db, database: app.database, env: { KEY_ENCRYPTION_SECRET: 'some-other-secret' } }),
     { message: /KEY_ENCRYPTION_SECRET/ }, 'and they are sealed with it, not stored in clear')
 })
+
+t.test('KEY_ROTATION_INTERVAL rotates on schedule and the instance follows', async (t) => {
+  const db = await freshDatabase(t)
+  const app = await build(t, { db, env: { KEY_ROTATION_INTERVAL: '1', KEY_REFRESH_INTERVAL: '1' } })
+  const before = app.keyring.active!.kid
+  const now = await eventually(() => app.keyring.active?.kid !== before && app.keyring.active?.kid)
+  t.ok(now, 'the instance signs with a new key within 5 s')
+  const rows = await keyRows(app.db)
+  t.equal(rows.find((k) => k.kid === before)?.state, 'retired', 'the old key was retired, not revoked')
+  const kids = (JSON.parse((await app.inject(JWKS)).body) as JSONWebKeySet).keys.map((k) => k.kid)
+  t.ok(kids.includes(before), 'the retired key stays published')
+  const events = await app.db.selectFrom('audit_events').select('details').where('type', '=', 'key.rotated').execute()
+  t.ok(events.some((e) => e.details.retired === before), 'the rotation is audited')
+})
