@@ -1,12 +1,9 @@
-import { spawn, type ChildProcess } from 'node:child_process'
 import { randomBytes, randomUUID } from 'node:crypto'
 import { mkdtemp, rm } from 'node:fs/promises'
-import { createServer } from 'node:net'
 import { availableParallelism, tmpdir } from 'node:os'
 import { join } from 'node:path'
-import { createInterface } from 'node:readline'
 import autocannon from 'autocannon'
-import pg from 'pg'
+import { firstJsonLine, freePort, runNode, scratchDatabase } from './bench/harness.js'
 
 // `npm run bench`: starts Keysmith on loopback in its own process, drives it with autocannon
 // from this one, measures the baselines in the same run, and prints a table and one final
@@ -21,27 +18,6 @@ const PASSWORD = 'correct horse battery staple'
 const median = (xs: number[]) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)]!
 const round = (x: number, digits = 0) => Number(x.toFixed(digits))
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms))
-
-async function freePort(): Promise<number> {
-  return new Promise((resolve, reject) => {
-    const s = createServer().listen(0, '127.0.0.1', () => {
-      const port = (s.address() as { port: number }).port
-      s.close(() => resolve(port))
-    }).on('error', reject)
-  })
-}
-
-function runNode(script: string, args: string[], env: NodeJS.ProcessEnv): ChildProcess {
-  return spawn(process.execPath, ['--import', 'tsx', script, ...args], { env, stdio: ['ignore', 'pipe', 'inherit'] })
-}
-
-async function firstJsonLine(child: ChildProcess): Promise<Record<string, number>> {
-  const rl = createInterface({ input: child.stdout! })
-  for await (const line of rl) {
-    if (line.startsWith('{')) return JSON.parse(line)
-  }
-  throw new Error('process ended without a result')
-}
 
 type Cannon = autocannon.Options
 async function cannon(opts: Cannon): Promise<autocannon.Result> {
@@ -59,7 +35,7 @@ async function main() {
   const base = `http://127.0.0.1:${port}`
   const serverUrl = process.env.BENCH_DATABASE_URL ?? process.env.DATABASE_URL
   // On a real server the bench works in a database of its own, dropped at the end.
-  const scratch = serverUrl ? await scratchDatabase(serverUrl) : undefined
+  const scratch = serverUrl ? await scratchDatabase(serverUrl, 'bench') : undefined
   const databaseUrl = scratch?.url
   const env: NodeJS.ProcessEnv = {
     ...process.env,
@@ -204,22 +180,6 @@ async function main() {
   }
 }
 
-async function scratchDatabase(serverUrl: string) {
-  const name = `keysmith_bench_${randomBytes(6).toString('hex')}`
-  const admin = async (statement: string) => {
-    const client = new pg.Client({ connectionString: serverUrl })
-    await client.connect()
-    try {
-      await client.query(statement)
-    } finally {
-      await client.end()
-    }
-  }
-  await admin(`create database ${name}`)
-  const url = new URL(serverUrl)
-  url.pathname = `/${name}`
-  return { url: url.toString(), drop: () => admin(`drop database if exists ${name} with (force)`) }
-}
 
 function printTable(r: Record<string, unknown> & { ratios: Record<string, number> }, runs: Record<string, number[]>) {
   const goals: [string, string, number, (x: number) => boolean][] = [

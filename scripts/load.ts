@@ -1,12 +1,9 @@
-import { spawn, type ChildProcess } from 'node:child_process'
 import { randomBytes, randomUUID } from 'node:crypto'
 import { mkdtemp, rm } from 'node:fs/promises'
-import { createServer } from 'node:net'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
-import { createInterface } from 'node:readline'
 import autocannon from 'autocannon'
-import pg from 'pg'
+import { firstJsonLine, freePort, runNode, scratchDatabase } from './bench/harness.js'
 
 // `npm run load`: a bounded mixed load test. Starts Keysmith on loopback in its own process
 // (scripts/bench/server.ts, as `npm run bench` does), then drives login, the OAuth refresh
@@ -33,43 +30,9 @@ function parseSeconds(value: string | undefined): number {
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms))
 const round = (x: number, digits = 1) => Number(x.toFixed(digits))
 
-async function freePort(): Promise<number> {
-  return new Promise((resolve, reject) => {
-    const s = createServer().listen(0, '127.0.0.1', () => {
-      const port = (s.address() as { port: number }).port
-      s.close(() => resolve(port))
-    }).on('error', reject)
-  })
-}
-
 function assertLoopback(url: string): void {
   const host = new URL(url).hostname
   if (!['127.0.0.1', 'localhost', '[::1]', '::1'].includes(host)) throw new Error(`load targets loopback only, not ${host}`)
-}
-
-async function firstJsonLine(child: ChildProcess): Promise<Record<string, unknown>> {
-  const rl = createInterface({ input: child.stdout! })
-  for await (const line of rl) {
-    if (line.startsWith('{')) return JSON.parse(line) as Record<string, unknown>
-  }
-  throw new Error('the server process ended before it was ready')
-}
-
-async function scratchDatabase(serverUrl: string) {
-  const name = `keysmith_load_${randomBytes(6).toString('hex')}`
-  const admin = async (statement: string) => {
-    const client = new pg.Client({ connectionString: serverUrl })
-    await client.connect()
-    try {
-      await client.query(statement)
-    } finally {
-      await client.end()
-    }
-  }
-  await admin(`create database ${name}`)
-  const url = new URL(serverUrl)
-  url.pathname = `/${name}`
-  return { url: url.toString(), drop: () => admin(`drop database if exists ${name} with (force)`) }
 }
 
 interface EndpointReport {
@@ -106,7 +69,7 @@ async function main() {
   const base = `http://127.0.0.1:${port}`
   assertLoopback(base)
   const serverUrl = process.env.LOAD_DATABASE_URL ?? process.env.DATABASE_URL
-  const scratch = serverUrl ? await scratchDatabase(serverUrl) : undefined
+  const scratch = serverUrl ? await scratchDatabase(serverUrl, 'load') : undefined
   const env: NodeJS.ProcessEnv = {
     ...process.env,
     PORT: String(port),
@@ -121,7 +84,7 @@ async function main() {
   if (scratch) env.DATABASE_URL = scratch.url
   else delete env.DATABASE_URL
 
-  const server = spawn(process.execPath, ['--import', 'tsx', 'scripts/bench/server.ts'], { env, stdio: ['ignore', 'pipe', 'inherit'] })
+  const server = runNode('scripts/bench/server.ts', [], env)
   let failed = false
   try {
     await firstJsonLine(server)
