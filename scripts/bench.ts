@@ -1,9 +1,9 @@
-import { randomBytes, randomUUID } from 'node:crypto'
+import { randomUUID } from 'node:crypto'
 import { mkdtemp, rm } from 'node:fs/promises'
 import { availableParallelism, tmpdir } from 'node:os'
 import { join } from 'node:path'
 import autocannon from 'autocannon'
-import { firstJsonLine, freePort, runNode, scratchDatabase } from './bench/harness.js'
+import { firstJsonLine, freePort, runNode, scratchDatabase, serverEnv } from './bench/harness.js'
 
 // `npm run bench`: starts Keysmith on loopback in its own process, drives it with autocannon
 // from this one, measures the baselines in the same run, and prints a table and one final
@@ -37,19 +37,7 @@ async function main() {
   // On a real server the bench works in a database of its own, dropped at the end.
   const scratch = serverUrl ? await scratchDatabase(serverUrl, 'bench') : undefined
   const databaseUrl = scratch?.url
-  const env: NodeJS.ProcessEnv = {
-    ...process.env,
-    PORT: String(port),
-    ISSUER: base,
-    LOG_LEVEL: 'warn',
-    DATA_DIR: join(dir, 'data'),
-    KEYS_DIR: join(dir, 'keys'),
-    KEY_ENCRYPTION_SECRET: process.env.KEY_ENCRYPTION_SECRET ?? randomBytes(32).toString('base64url'),
-    // Measure throughput, not the abuse limits.
-    RATE_LIMIT_MAX: '1000000'
-  }
-  if (databaseUrl) env.DATABASE_URL = databaseUrl
-  else delete env.DATABASE_URL
+  const env = serverEnv(port, dir, databaseUrl)
 
   const server = runNode('scripts/bench/server.ts', [], env)
   try {

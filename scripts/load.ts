@@ -1,9 +1,9 @@
-import { randomBytes, randomUUID } from 'node:crypto'
+import { randomUUID } from 'node:crypto'
 import { mkdtemp, rm } from 'node:fs/promises'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import autocannon from 'autocannon'
-import { firstJsonLine, freePort, runNode, scratchDatabase } from './bench/harness.js'
+import { firstJsonLine, freePort, runNode, scratchDatabase, serverEnv } from './bench/harness.js'
 
 // `npm run load`: a bounded mixed load test. Starts Keysmith on loopback in its own process
 // (scripts/bench/server.ts, as `npm run bench` does), then drives login, the OAuth refresh
@@ -70,19 +70,7 @@ async function main() {
   assertLoopback(base)
   const serverUrl = process.env.LOAD_DATABASE_URL ?? process.env.DATABASE_URL
   const scratch = serverUrl ? await scratchDatabase(serverUrl, 'load') : undefined
-  const env: NodeJS.ProcessEnv = {
-    ...process.env,
-    PORT: String(port),
-    ISSUER: base,
-    LOG_LEVEL: 'warn',
-    DATA_DIR: join(dir, 'data'),
-    KEYS_DIR: join(dir, 'keys'),
-    KEY_ENCRYPTION_SECRET: process.env.KEY_ENCRYPTION_SECRET ?? randomBytes(32).toString('base64url'),
-    // Measure the service under load, not the abuse limits.
-    RATE_LIMIT_MAX: '1000000'
-  }
-  if (scratch) env.DATABASE_URL = scratch.url
-  else delete env.DATABASE_URL
+  const env = serverEnv(port, dir, scratch?.url)
 
   const server = runNode('scripts/bench/server.ts', [], env)
   let failed = false

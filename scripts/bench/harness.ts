@@ -2,6 +2,7 @@ import { spawn, type ChildProcess } from 'node:child_process'
 import { randomBytes } from 'node:crypto'
 import { createServer } from 'node:net'
 import { createInterface } from 'node:readline'
+import { join } from 'node:path'
 import pg from 'pg'
 
 // What `npm run bench` and `npm run load` share: a free loopback port, a child process
@@ -43,4 +44,22 @@ export async function scratchDatabase(serverUrl: string, prefix: string) {
   const url = new URL(serverUrl)
   url.pathname = `/${name}`
   return { url: url.toString(), drop: () => admin(`drop database if exists ${name} with (force)`) }
+}
+
+// The server's environment for a run: loopback, quiet logs, its own data and key directories,
+// the run's database (or the embedded one), and abuse limits out of the way of the load.
+export function serverEnv(port: number, dir: string, databaseUrl: string | undefined): NodeJS.ProcessEnv {
+  const env: NodeJS.ProcessEnv = {
+    ...process.env,
+    PORT: String(port),
+    ISSUER: `http://127.0.0.1:${port}`,
+    LOG_LEVEL: 'warn',
+    DATA_DIR: join(dir, 'data'),
+    KEYS_DIR: join(dir, 'keys'),
+    KEY_ENCRYPTION_SECRET: process.env.KEY_ENCRYPTION_SECRET ?? randomBytes(32).toString('base64url'),
+    RATE_LIMIT_MAX: '1000000'
+  }
+  if (databaseUrl) env.DATABASE_URL = databaseUrl
+  else delete env.DATABASE_URL
+  return env
 }
