@@ -3,6 +3,7 @@ import { sql, type Kysely } from 'kysely'
 import type pg from 'pg'
 import type { Database } from '../db/schema.js'
 import type { AuditEvent } from '../audit.js'
+import { Batcher } from './batcher.js'
 
 // Refresh tokens: 256 random bits, stored only as SHA-256 (high-entropy input needs no slow
 // hash), grouped in a family per login. Each use spends the token and issues a child; a
@@ -18,6 +19,15 @@ export interface SessionEngineOptions {
   // the server plans it once per connection instead of on every refresh. (The embedded
   // database is one session behind many connections, where statement names would clash.)
   preparedPool?: pg.Pool
+}
+
+interface RotateRequest {
+  hash: Buffer
+  child: Buffer
+  client: Client
+  now: Date
+  ip: string | null
+  userAgent: string | null
 }
 
 interface RotatedRow {
@@ -49,9 +59,17 @@ export class SessionEngine {
   readonly #db: Kysely<Database>
   readonly #opts: SessionEngineOptions
 
+  readonly #rotations: Batcher<RotateRequest, RotatedRow | undefined>
+
   constructor(db: Kysely<Database>, opts: SessionEngineOptions) {
     this.#db = db
     this.#opts = opts
+    this.#rotations = new Batcher((requests) => this.#rotateBatch(requests), {
+      maxBatch: 64,
+      // Leaves pool connections for logins and reads while refreshes pour in.
+      maxInFlight: 4,
+      key: (r) => r.hash.toString('hex')
+    })
   }
 
   now(): Date {
@@ -76,10 +94,11 @@ export class SessionEngine {
     return { familyId: r.rows[0]!.family_id, refreshToken: token, expiresAt }
   }
 
-  // Spend `token`, issue its child and record `refresh.rotated`, in one statement (one
-  // round trip, atomic without a transaction). Concurrent presenters of one token
-  // queue on its row lock; after the winner commits, the others find it spent. So exactly
-  // one rotation happens, decided by the database rather than by check-then-act here.
+  // Spend `token`, issue its child and record `refresh.rotated`, in one statement (atomic
+  // without a transaction). Concurrent presenters of one token queue on its row lock;
+  // after the winner commits, the others find it spent. So exactly one rotation happens,
+  // decided by the database rather than by check-then-act here. Rotations that arrive
+  // together share one statement (see Batcher); a token appears at most once per batch.
   // A token only rotates on the surface (client) that started its family: a browser's
   // token never comes back in a JSON body, and an OAuth token never gets the browser grace.
   async rotate(token: string, client: Client, graceSeconds: number, meta: Meta = {}): Promise<RotateResult> {
@@ -87,35 +106,51 @@ export class SessionEngine {
     const now = this.now()
     const hash = hashToken(token)
     const child = newRefreshToken()
-    const ttl = this.#opts.refreshTtlSeconds
-    const query = sql<RotatedRow>`
-      with spent as (
-        update refresh_tokens t set used_at = ${now}
-        from refresh_families f, users u
-        where t.token_hash = ${hash} and t.used_at is null and t.expires_at > ${now}
-          and f.id = t.family_id and f.client = ${client} and f.revoked_at is null and f.expires_at > ${now}
-          and u.id = f.user_id and not u.disabled
-        returning t.family_id, f.user_id, least(${now}::timestamptz + make_interval(secs => ${ttl}), f.expires_at) as expires_at
-      ), issued as (
-        insert into refresh_tokens (token_hash, family_id, created_at, expires_at)
-        select ${child.hash}, family_id, ${now}, expires_at from spent
-      ), touched as (
-        update refresh_families set last_used_at = ${now} where id in (select family_id from spent)
-      ), audited as (
-        insert into audit_events (type, user_id, ip, user_agent, details)
-        select 'refresh.rotated', user_id, ${meta.ip ?? null}, ${meta.userAgent?.slice(0, 512) ?? null},
-          jsonb_build_object('family_id', family_id) from spent
-      )
-      select s.family_id, s.user_id, s.expires_at,
-        array(select role from user_roles where user_id = s.user_id order by role) as roles
-      from spent s`.compile(this.#db)
-    const row = this.#opts.preparedPool
-      ? (await this.#opts.preparedPool.query<RotatedRow>({ name: 'keysmith_rotate', text: query.sql, values: query.parameters as unknown[] })).rows[0]
-      : (await this.#db.executeQuery(query)).rows[0]
+    const row = await this.#rotations.submit({ hash, child: child.hash, client, now, ip: meta.ip ?? null, userAgent: meta.userAgent?.slice(0, 512) ?? null })
     if (row) {
       return { ok: true, userId: row.user_id, familyId: row.family_id, roles: row.roles, refreshToken: child.token, expiresAt: row.expires_at }
     }
     return this.#refused(hash, client, now, graceSeconds, meta)
+  }
+
+  async #rotateBatch(requests: RotateRequest[]): Promise<(RotatedRow | undefined)[]> {
+    const column = <T>(pick: (r: RotateRequest) => T) => requests.map(pick)
+    const query = sql<RotatedRow & { hash: Buffer }>`
+      with req as (
+        select * from unnest(${column((r) => r.hash)}::bytea[], ${column((r) => r.child)}::bytea[],
+          ${column((r) => r.client)}::text[], ${column((r) => r.now)}::timestamptz[],
+          ${column((r) => r.ip)}::text[], ${column((r) => r.userAgent)}::text[]) as r(hash, child, client, now, ip, user_agent)
+      ), spent as (
+        update refresh_tokens t set used_at = r.now
+        from req r, refresh_families f, users u
+        where t.token_hash = r.hash and t.used_at is null and t.expires_at > r.now
+          and f.id = t.family_id and f.client = r.client and f.revoked_at is null and f.expires_at > r.now
+          and u.id = f.user_id and not u.disabled
+        returning r.hash, r.child, r.now, r.ip, r.user_agent, t.family_id, f.user_id,
+          least(r.now + make_interval(secs => ${this.#opts.refreshTtlSeconds}), f.expires_at) as expires_at
+      ), issued as (
+        insert into refresh_tokens (token_hash, family_id, created_at, expires_at)
+        select child, family_id, now, expires_at from spent
+      ), touched as (
+        update refresh_families f set last_used_at = s.now from spent s where f.id = s.family_id
+      ), audited as (
+        insert into audit_events (type, user_id, ip, user_agent, details)
+        select 'refresh.rotated', user_id, ip, user_agent, jsonb_build_object('family_id', family_id) from spent
+      )
+      select s.hash, s.family_id, s.user_id, s.expires_at,
+        array(select role from user_roles where user_id = s.user_id order by role) as roles
+      from spent s`.compile(this.#db)
+    const execute = async () => this.#opts.preparedPool
+      ? (await this.#opts.preparedPool.query<RotatedRow & { hash: Buffer }>({ name: 'keysmith_rotate', text: query.sql, values: query.parameters as unknown[] })).rows
+      : (await this.#db.executeQuery(query)).rows
+    // Two batches (two instances) holding each other's contested rows is a deadlock the
+    // server breaks by failing one statement; nothing was written, so running it again is safe.
+    const rows = await execute().catch((err) => {
+      if ((err as { code?: string }).code === '40P01') return execute()
+      throw err
+    })
+    const byHash = new Map(rows.map((r) => [r.hash.toString('hex'), r]))
+    return requests.map((r) => byHash.get(r.hash.toString('hex')))
   }
 
   async #refused(hash: Buffer, client: Client, now: Date, graceSeconds: number, meta: Meta): Promise<RotateResult> {
