@@ -3,6 +3,7 @@ import fp from 'fastify-plugin'
 import rateLimit from '@fastify/rate-limit'
 import { Redis } from 'ioredis'
 import { FallbackThrottleStore, LoginThrottle, MemoryThrottleStore, RedisThrottleStore } from '../src/throttle.js'
+import { outageLog, redisWithFallback } from '../src/rate-limit-store.js'
 
 declare module 'fastify' {
   interface FastifyInstance {
@@ -19,7 +20,9 @@ export interface RateLimitOptions {
 }
 
 // Per-address request limits (opt-in per route through `config.rateLimit`) and the
-// failed-login throttle. With REDIS_URL both count across every instance.
+// failed-login throttle. With REDIS_URL both count across every instance, and fall back to
+// counting per instance while Redis is away: an outage weakens the limits, never removes them
+// and never fails a request.
 // Registered before any route: @fastify/rate-limit attaches through an onRoute hook.
 const plugin: FastifyPluginAsync<RateLimitOptions> = async (app, opts) => {
   const redis = opts.redisUrl
@@ -32,9 +35,11 @@ const plugin: FastifyPluginAsync<RateLimitOptions> = async (app, opts) => {
       lazyConnect: true
     })
     : null
+  const outage = outageLog(app.log)
   if (redis) {
-    redis.on('error', (err) => app.log.warn({ err: { message: err.message } }, 'redis error'))
-    await redis.connect().catch((err) => app.log.warn({ err: { message: err.message } }, 'redis unavailable at start; counting per instance until it returns'))
+    redis.on('error', (err) => outage.down(err))
+    redis.on('ready', () => outage.up())
+    await redis.connect().catch((err) => outage.down(err))
     app.addHook('onClose', async () => { redis.disconnect() })
   }
 
@@ -42,16 +47,11 @@ const plugin: FastifyPluginAsync<RateLimitOptions> = async (app, opts) => {
     global: false,
     max: opts.max,
     timeWindow: opts.windowSeconds * 1000,
-    ...(redis ? { redis, nameSpace: 'keysmith:rl:' } : {}),
-    // A Redis outage must not turn into an outage of login.
-    skipOnError: true
+    ...(redis ? { store: redisWithFallback(redis, 'keysmith:rl:', outage) } : {})
   })
 
   const memory = new MemoryThrottleStore(opts.now)
-  const store = redis
-    ? new FallbackThrottleStore(new RedisThrottleStore(redis), memory,
-      (err) => app.log.warn({ err: { message: (err as Error).message } }, 'throttle: redis failed, counting per instance'))
-    : memory
+  const store = redis ? new FallbackThrottleStore(new RedisThrottleStore(redis), memory, (err) => outage.down(err)) : memory
   app.decorate('redis', redis)
   app.decorate('loginThrottle', new LoginThrottle(store, opts.now))
 }

@@ -4,6 +4,7 @@ import type { LightMyRequestResponse } from 'fastify'
 import { build, type TestApp } from '../helper.js'
 import { PASSWORD, register, uniqueEmail, uniqueIp } from '../accounts-helper.js'
 import { forgetInRedis, REDIS_URL } from '../redis-helper.js'
+import { freePort } from '../support.js'
 
 // The per-address request limit (@fastify/rate-limit) on the credential routes, in memory
 // and shared through Redis. A long window keeps the count from rolling over mid-test.
@@ -61,4 +62,18 @@ t.test('with REDIS_URL two instances share one count per address', async (t) => 
   isLimited(t, await attempt(two, ip, tag), 'the 4th request, on the other instance')
   isLimited(t, await attempt(one, ip, tag), 'and on the first')
   t.equal((await attempt(two, other, tag)).statusCode, 401, 'another address')
+})
+
+t.test('with REDIS_URL but Redis away, each instance still limits on its own and nothing fails', async (t) => {
+  // Nothing listens on a port just freed: every Redis command fails at once.
+  const away = `redis://127.0.0.1:${await freePort()}`
+  const one = await limited(t, { REDIS_URL: away })
+  const two = await limited(t, { REDIS_URL: away })
+  const ip = uniqueIp()
+  for (let i = 1; i <= 3; i++) t.equal((await attempt(one, ip)).statusCode, 401, `request ${i}`)
+  isLimited(t, await attempt(one, ip), 'request 4 on the same instance')
+  t.equal((await attempt(two, ip)).statusCode, 401, 'the other instance counts on its own')
+  const user = await register(two, uniqueEmail(), PASSWORD, { ip: uniqueIp() })
+  const ok = await two.inject({ method: 'POST', url: '/auth/login', remoteAddress: uniqueIp(), payload: { email: user.email, password: PASSWORD } })
+  t.equal(ok.statusCode, 200, 'a right password still logs in')
 })
