@@ -12,6 +12,10 @@ declare module 'fastify' {
   }
 }
 
+// The pool's connection timeout (src/db/connect.ts) again: whether the database refuses
+// connections, freezes or drops off the network, a request waits about this long for it.
+const QUERY_TIMEOUT_MS = 3000
+
 export interface DatabaseOptions {
   databaseUrl: string | undefined
   dataDir: string
@@ -34,7 +38,11 @@ const plugin: FastifyPluginAsync<DatabaseOptions> = async (app, opts) => {
   }
   app.decorate('db', handle.db)
   app.decorate('database', handle)
-  if (!opts.handle) app.addHook('onClose', async () => handle.close())
+  if (opts.handle) return
+  // Bounded once serving (a stopped database already fails fast, a frozen one would hang
+  // requests); not before: migrations and key creation may wait on another instance's lock.
+  app.addHook('onReady', async () => handle.setQueryTimeout(QUERY_TIMEOUT_MS))
+  app.addHook('onClose', async () => handle.close())
 }
 
 export default fp(plugin, { name: 'keysmith-database', fastify: '5.x' })

@@ -7,6 +7,10 @@ export interface DatabaseHandle {
   db: Kysely<Database>
   pool: pg.Pool
   mode: 'embedded' | 'postgres'
+  // From now on, fail a query the server has not answered within `ms` (0: wait forever).
+  // Real PostgreSQL only: a frozen or unreachable server then costs a request seconds, not
+  // a hang. The embedded database lives in this process and cannot go away.
+  setQueryTimeout(ms: number): void
   close(): Promise<void>
 }
 
@@ -22,7 +26,9 @@ export interface ConnectOptions {
 export async function connect(opts: ConnectOptions): Promise<DatabaseHandle> {
   const log = opts.log ?? (() => {})
   const embedded = opts.databaseUrl ? undefined : await openEmbedded(opts.dataDir, log)
+  const limit = { ms: 0 }
   const pool = new pg.Pool({
+    Client: embedded ? pg.Client : boundedClient(limit),
     ...(embedded
       ? { host: embedded.socketDir, user: 'postgres', database: 'postgres' }
       : { connectionString: opts.databaseUrl }),
@@ -41,9 +47,32 @@ export async function connect(opts: ConnectOptions): Promise<DatabaseHandle> {
     db,
     pool,
     mode: embedded ? 'embedded' : 'postgres',
+    setQueryTimeout(ms) {
+      limit.ms = ms
+    },
     async close() {
       await db.destroy()
       await embedded?.close()
+    }
+  }
+}
+
+// A client that gives each query the handle's current time limit (pg lets a query's own
+// query_timeout override the connection's). A connection whose query timed out is ended
+// rather than pooled again: stuck behind the unanswered query, it would cost the next
+// request the whole timeout as well.
+function boundedClient(limit: { ms: number }): typeof pg.Client {
+  return class BoundedClient extends pg.Client {
+    override query(...args: any[]): any {
+      const [config, ...rest] = args
+      const own = typeof config === 'object' && config !== null && (typeof config.submit === 'function' || config.query_timeout)
+      if (!limit.ms || own) return Reflect.apply(super.query, this, args)
+      const bounded = typeof config === 'string' ? { text: config, query_timeout: limit.ms } : { ...config, query_timeout: limit.ms }
+      const result = Reflect.apply(super.query, this, [bounded, ...rest])
+      if (result instanceof Promise) {
+        result.catch((err: Error) => { if (err.message === 'Query read timeout') void this.end().catch(() => {}) })
+      }
+      return result
     }
   }
 }

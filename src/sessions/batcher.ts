@@ -7,6 +7,10 @@ export interface BatcherOptions<K> {
   maxInFlight: number
   // Requests with the same key never share a batch, so each batch touches a row at most once.
   key: (request: K) => string
+  // A batch failing with such an error (the database is away) fails every request queued
+  // behind it at once: each would otherwise wait its turn only to fail the same way, and
+  // under a frozen database every turn costs the whole query timeout.
+  failsQueue?: (err: unknown) => boolean
 }
 
 interface Pending<Req, Res> {
@@ -47,7 +51,10 @@ export class Batcher<Req, Res> {
       this.#inFlight++
       this.#run(batch.map((p) => p.request)).then(
         (results) => batch.forEach((p, i) => p.resolve(results[i]!)),
-        (err) => batch.forEach((p) => p.reject(err))
+        (err) => {
+          const failed = this.#opts.failsQueue?.(err) ? [...batch, ...this.#queue.splice(0)] : batch
+          failed.forEach((p) => p.reject(err))
+        }
       ).finally(() => {
         this.#inFlight--
         this.#flush()

@@ -4,6 +4,7 @@ import type pg from 'pg'
 import type { Database } from '../db/schema.js'
 import type { AuditEvent } from '../audit.js'
 import { Batcher } from './batcher.js'
+import { isDatabaseUnavailable } from '../db/unavailable.js'
 
 // Refresh tokens: 256 random bits, stored only as SHA-256 (high-entropy input needs no slow
 // hash), grouped in a family per login. Each use spends the token and issues a child; a
@@ -68,7 +69,8 @@ export class SessionEngine {
       maxBatch: 64,
       // Leaves pool connections for logins and reads while refreshes pour in.
       maxInFlight: 4,
-      key: (r) => r.hash.toString('hex')
+      key: (r) => r.hash.toString('hex'),
+      failsQueue: isDatabaseUnavailable
     })
   }
 

@@ -5,7 +5,7 @@ import { Batcher } from '../../src/sessions/batcher.js'
 // exercised by every refresh test (test/plugins/sessions-*.test.ts).
 interface Req { key: string; value: number }
 
-function recording(opts: { maxBatch?: number; maxInFlight?: number; fail?: (batch: Req[]) => boolean } = {}) {
+function recording(opts: { maxBatch?: number; maxInFlight?: number; fail?: (batch: Req[]) => boolean; failsQueue?: (err: unknown) => boolean } = {}) {
   const batches: Req[][] = []
   let inFlight = 0
   let maxSeen = 0
@@ -19,7 +19,7 @@ function recording(opts: { maxBatch?: number; maxInFlight?: number; fail?: (batc
     inFlight--
     if (opts.fail?.(requests)) throw new Error('statement failed')
     return requests.map((r) => `${r.key}:${r.value * 2}`)
-  }, { maxBatch: opts.maxBatch ?? 64, maxInFlight: opts.maxInFlight ?? 4, key: (r) => r.key })
+  }, { maxBatch: opts.maxBatch ?? 64, maxInFlight: opts.maxInFlight ?? 4, key: (r) => r.key, failsQueue: opts.failsQueue })
   // Lets every batch go, turn after turn, until the given answers have all settled.
   const releaseAll = async (answers: Promise<unknown>) => {
     let settled = false
@@ -84,4 +84,18 @@ t.test('a failed statement fails its own batch only', async (t) => {
   const settled = await results
   t.same(settled.map((s) => s.status), ['rejected', 'rejected', 'fulfilled'])
   t.match((settled[0] as PromiseRejectedResult).reason, { message: 'statement failed' })
+})
+
+t.test('a batch failing because the database is away fails the queue behind it at once', async (t) => {
+  const { batcher, batches, releaseAll } = recording({
+    maxInFlight: 1, fail: () => true, failsQueue: (err) => (err as Error).message === 'statement failed'
+  })
+  // One key presented three times: three batches, of which only the first runs.
+  const results = Promise.allSettled([1, 2, 3].map((v) => batcher.submit({ key: 'same', value: v })))
+  await releaseAll(results)
+  t.same((await results).map((s) => s.status), ['rejected', 'rejected', 'rejected'])
+  t.equal(batches.length, 1, 'the queued requests never ran')
+  const later = batcher.submit({ key: 'same', value: 4 })
+  await releaseAll(later.catch(() => {}))
+  t.equal(batches.length, 2, 'a request arriving afterwards runs again')
 })
