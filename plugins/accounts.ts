@@ -5,7 +5,7 @@ import { checkEmail, createUser, findUserById, normalizeEmail, rolesOf, setPassw
 import { ThrottledError } from '../src/login.js'
 import { checkPasswordPolicy } from '../src/passwords.js'
 import { audit } from '../src/audit.js'
-import { Credentials, errorReplies } from './schemas.js'
+import { BEARER_AUTH, BODY_ERRORS, Credentials, NoContent, errorReplies, errorReply } from './schemas.js'
 import { checkOrigin, refreshCookie } from './refresh-cookie.js'
 
 export interface AccountsOptions {
@@ -19,8 +19,15 @@ const plugin: FastifyPluginAsyncTypebox<AccountsOptions> = async (app, opts) => 
   app.post('/auth/register', {
     config: { rateLimit: {} },
     schema: {
+      tags: ['accounts'],
+      summary: 'Create an account',
+      description: 'Creates a user with role `user`. The password must be 8–256 characters after NFKC and not a common password; a `400` says which rule failed. Returns no tokens: log in next.',
       body: Credentials,
-      response: { 201: Type.Object({ id: Type.String(), email: Type.String() }), ...errorReplies(400, 409, 413, 415, 429) }
+      response: {
+        201: Type.Object({ id: Type.String(), email: Type.String() }, { description: 'Created' }),
+        ...errorReplies(...BODY_ERRORS, 429, 503),
+        409: errorReply('Email is already registered')
+      }
     }
   }, async (request, reply) => {
     const email = checkEmail(request.body.email)
@@ -32,9 +39,13 @@ const plugin: FastifyPluginAsyncTypebox<AccountsOptions> = async (app, opts) => 
   app.get('/auth/me', {
     onRequest: app.authenticate,
     schema: {
+      tags: ['accounts'],
+      summary: 'The signed-in user',
+      description: 'The user the Bearer access token was issued to, with roles as the database has them now.',
+      security: BEARER_AUTH,
       response: {
-        200: Type.Object({ id: Type.String(), email: Type.String(), roles: Type.Array(Type.String()) }),
-        ...errorReplies(401)
+        200: Type.Object({ id: Type.String(), email: Type.String(), roles: Type.Array(Type.String()) }, { description: 'The user' }),
+        ...errorReplies(401, 503)
       }
     }
   }, async (request) => {
@@ -47,11 +58,18 @@ const plugin: FastifyPluginAsyncTypebox<AccountsOptions> = async (app, opts) => 
     onRequest: app.authenticate,
     config: { rateLimit: {} },
     schema: {
+      tags: ['accounts'],
+      summary: 'Change the password',
+      description: 'Needs the current password (wrong guesses are throttled like failed logins). Every other session of the user is revoked; the one whose refresh cookie comes with the request survives.',
+      security: BEARER_AUTH,
       body: Type.Object({
         current_password: Type.String({ minLength: 1, maxLength: 1024 }),
         new_password: Type.String({ minLength: 1, maxLength: 1024 })
       }),
-      response: { 204: Type.Null(), ...errorReplies(400, 401, 403, 429) }
+      response: {
+        204: NoContent('Changed'),
+        ...errorReplies(...BODY_ERRORS, 401, 403, 429, 503)
+      }
     }
   }, async (request, reply) => {
     checkOrigin(request, opts.allowedOrigins)

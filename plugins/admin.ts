@@ -6,7 +6,7 @@ import { errors } from '../src/errors.js'
 import { audit } from '../src/audit.js'
 import { ROLE, grantRole, revokeRole, rolesOf } from '../src/accounts.js'
 import { listKeys, rotateKeys } from '../src/signing/key-store.js'
-import { Uuid, errorReplies } from './schemas.js'
+import { BEARER_AUTH, BODY_ERRORS, Uuid, errorReplies } from './schemas.js'
 
 const User = Type.Object({
   id: Type.String(),
@@ -14,7 +14,7 @@ const User = Type.Object({
   disabled: Type.Boolean(),
   roles: Type.Array(Type.String()),
   created_at: Type.String()
-})
+}, { description: 'The user' })
 
 const AUDIT_TYPES = [
   'user.registered', 'login.success', 'login.failure', 'login.throttled', 'refresh.rotated',
@@ -46,10 +46,15 @@ const plugin: FastifyPluginAsyncTypebox = async (app) => {
     return u
   }
   const UserParams = Type.Object({ id: Uuid })
+  // Every admin answer can be one of these; a user route adds 404, a body route BODY_ERRORS.
+  const doc = (summary: string, description: string) =>
+    ({ tags: ['admin'], summary, description, security: BEARER_AUTH })
+  const ADMIN_ERRORS = [401, 403, 503]
 
   app.get('/admin/users', {
     onRequest: admin,
     schema: {
+      ...doc('List users', 'Ordered by id, `limit` per page; pass the previous page\'s `next_cursor` as `cursor` for the next one. `email` filters by substring, case-insensitively.'),
       querystring: Type.Object({
         limit: Type.Integer({ minimum: 1, maximum: 200, default: 50 }),
         // Keyset pagination: the id of the last user of the previous page.
@@ -57,7 +62,10 @@ const plugin: FastifyPluginAsyncTypebox = async (app) => {
         // No control characters: a NUL is an error in PostgreSQL, not a miss.
         email: Type.Optional(Type.String({ maxLength: 320, pattern: '^[^\\u0000-\\u001f]*$' }))
       }),
-      response: { 200: Type.Object({ users: Type.Array(User), next_cursor: Type.Union([Type.String(), Type.Null()]) }), ...errorReplies(400, 401, 403) }
+      response: {
+        200: Type.Object({ users: Type.Array(User), next_cursor: Type.Union([Type.String(), Type.Null()]) }, { description: 'A page of users' }),
+        ...errorReplies(400, ...ADMIN_ERRORS)
+      }
     }
   }, async (request) => {
     const { limit, cursor, email } = request.query
@@ -71,15 +79,20 @@ const plugin: FastifyPluginAsyncTypebox = async (app) => {
 
   app.get('/admin/users/:id', {
     onRequest: admin,
-    schema: { params: UserParams, response: { 200: User, ...errorReplies(400, 401, 403, 404) } }
+    schema: {
+      ...doc('Get a user', 'One user with roles and state.'),
+      params: UserParams,
+      response: { 200: User, ...errorReplies(400, 404, ...ADMIN_ERRORS) }
+    }
   }, async (request) => toUser(await loadUser(request.params.id)))
 
   app.put('/admin/users/:id/roles', {
     onRequest: admin,
     schema: {
+      ...doc('Set a user\'s roles', 'Replaces the user\'s roles with the list (`user` is always kept); each grant and revocation is audited. Takes effect in tokens issued from now on.'),
       params: UserParams,
       body: Type.Object({ roles: Type.Array(Type.String({ pattern: ROLE.source }), { maxItems: 50, uniqueItems: true }) }),
-      response: { 200: User, ...errorReplies(400, 401, 403, 404) }
+      response: { 200: User, ...errorReplies(...BODY_ERRORS, 404, ...ADMIN_ERRORS) }
     }
   }, async (request) => {
     const user = await loadUser(request.params.id)
@@ -94,7 +107,13 @@ const plugin: FastifyPluginAsyncTypebox = async (app) => {
   for (const action of ['disable', 'enable'] as const) {
     app.post(`/admin/users/:id/${action}`, {
       onRequest: admin,
-      schema: { params: UserParams, response: { 200: User, ...errorReplies(400, 401, 403, 404) } }
+      schema: {
+        ...(action === 'disable'
+          ? doc('Disable a user', 'The user can no longer log in, and every session of theirs is revoked.')
+          : doc('Enable a user', 'Lets a disabled user log in again.')),
+        params: UserParams,
+        response: { 200: User, ...errorReplies(...BODY_ERRORS, 404, ...ADMIN_ERRORS) }
+      }
     }, async (request) => {
       const user = await loadUser(request.params.id)
       await app.db.transaction().execute(async (trx) => {
@@ -109,7 +128,11 @@ const plugin: FastifyPluginAsyncTypebox = async (app) => {
 
   app.post('/admin/users/:id/revoke-sessions', {
     onRequest: admin,
-    schema: { params: UserParams, response: { 200: Type.Object({ revoked: Type.Integer() }), ...errorReplies(400, 401, 403, 404) } }
+    schema: {
+      ...doc('Revoke a user\'s sessions', 'Every refresh token of the user stops working; access tokens already issued live until they expire.'),
+      params: UserParams,
+      response: { 200: Type.Object({ revoked: Type.Integer() }, { description: 'How many sessions were revoked' }), ...errorReplies(...BODY_ERRORS, 404, ...ADMIN_ERRORS) }
+    }
   }, async (request) => {
     const user = await loadUser(request.params.id)
     const revoked = await app.sessions.revokeAllForUser(user.id, 'admin_revoked')
@@ -129,7 +152,10 @@ const plugin: FastifyPluginAsyncTypebox = async (app) => {
 
   app.get('/admin/keys', {
     onRequest: admin,
-    schema: { response: { 200: Type.Object({ keys: Type.Array(Key) }), ...errorReplies(401, 403) } }
+    schema: {
+      ...doc('List signing keys', 'Every key with its state (`next`, `active`, `retired`, `revoked`) and dates; never private material.'),
+      response: { 200: Type.Object({ keys: Type.Array(Key) }, { description: 'Signing keys' }), ...errorReplies(...ADMIN_ERRORS) }
+    }
   }, async () => ({
     keys: (await listKeys(app.db)).map((k) => ({
       kid: k.kid, state: k.state, created_at: k.created_at.toISOString(),
@@ -139,7 +165,10 @@ const plugin: FastifyPluginAsyncTypebox = async (app) => {
 
   app.post('/admin/keys/rotate', {
     onRequest: admin,
-    schema: { response: { 200: Type.Object({ kid: Type.String() }), ...errorReplies(401, 403) } }
+    schema: {
+      ...doc('Rotate signing keys', '`next` becomes `active`, `active` becomes `retired`, and a new `next` is created, in one transaction. Returns the new active kid.'),
+      response: { 200: Type.Object({ kid: Type.String() }, { description: 'The new active kid' }), ...errorReplies(...BODY_ERRORS, ...ADMIN_ERRORS) }
+    }
   }, async (request) => {
     const kid = await rotateKeys(app.db, app.keyStore, actor(request))
     await app.keyring.refresh(true)
@@ -160,6 +189,7 @@ const plugin: FastifyPluginAsyncTypebox = async (app) => {
   app.get('/admin/audit', {
     onRequest: admin,
     schema: {
+      ...doc('Audit events', 'Newest first, optionally filtered by `type` and `user_id`; pass the last `id` of a page as `before` for the next one.'),
       querystring: Type.Object({
         type: Type.Optional(Type.Enum(AUDIT_TYPES)),
         user_id: Type.Optional(Uuid),
@@ -167,7 +197,7 @@ const plugin: FastifyPluginAsyncTypebox = async (app) => {
         // Events older than this id (the last id of the previous page).
         before: Type.Optional(Type.String({ pattern: '^[0-9]{1,18}$' }))
       }),
-      response: { 200: Type.Object({ events: Type.Array(AuditEvent) }), ...errorReplies(400, 401, 403) }
+      response: { 200: Type.Object({ events: Type.Array(AuditEvent) }, { description: 'Audit events' }), ...errorReplies(400, ...ADMIN_ERRORS) }
     }
   }, async (request) => {
     const { type, user_id: userId, limit, before } = request.query

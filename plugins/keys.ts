@@ -5,6 +5,8 @@ import { SealedBox } from '../src/signing/sealed-box.js'
 import { resolveSecrets } from '../src/signing/secrets.js'
 import { ensureKeys, rotateKeys, type KeyStoreOptions } from '../src/signing/key-store.js'
 import { TokenSigner } from '../src/signing/access-token.js'
+import { Discovery, Jwks, NoContent } from './schemas.js'
+import { publicDocument } from './security-headers.js'
 
 declare module 'fastify' {
   interface FastifyInstance {
@@ -68,7 +70,17 @@ const plugin: FastifyPluginAsync<KeysOptions> = async (app, opts) => {
     issuer: opts.issuer, audience: opts.audience, ttlSeconds: opts.accessTokenTtl, now: opts.now
   }))
 
-  app.get('/.well-known/jwks.json', async (request, reply) => {
+  // The reply is pre-serialized bytes: Fastify sends a Buffer as is, so the response
+  // schema documents it and never runs on it.
+  app.get('/.well-known/jwks.json', {
+    ...publicDocument,
+    schema: {
+      tags: ['keys'],
+      summary: 'Public signing keys (JWKS)',
+      description: 'The `next`, `active` and not yet expired `retired` RS256 public keys. Cacheable (`Cache-Control: public, max-age=300`), with an `ETag`: `If-None-Match` gives `304`. Readable from any origin.',
+      response: { 200: Jwks, 304: NoContent('Not Modified: the If-None-Match ETag still matches') }
+    }
+  }, async (request, reply) => {
     const { body, etag } = keyring.jwks
     reply.header('cache-control', JWKS_CACHE_CONTROL).header('etag', etag)
     if (matchesEtag(request.headers['if-none-match'], etag)) return reply.code(304).send()
@@ -90,7 +102,15 @@ const plugin: FastifyPluginAsync<KeysOptions> = async (app, opts) => {
     scopes_supported: []
   }))
   for (const path of ['/.well-known/openid-configuration', '/.well-known/oauth-authorization-server']) {
-    app.get(path, async (_request, reply) =>
+    app.get(path, {
+      ...publicDocument,
+      schema: {
+        tags: ['keys'],
+        summary: path.endsWith('openid-configuration') ? 'OpenID Connect discovery' : 'OAuth 2 authorization server metadata (RFC 8414)',
+        description: 'Where the JWKS, token and revocation endpoints are, and what they support. Readable from any origin.',
+        response: { 200: Discovery }
+      }
+    }, async (_request, reply) =>
       reply.header('cache-control', 'public, max-age=3600').type('application/json').send(discovery))
   }
 }

@@ -3,14 +3,13 @@ import { Type, type FastifyPluginAsyncTypebox } from '@fastify/type-provider-typ
 import { ThrottledError } from '../src/login.js'
 import { isDatabaseUnavailable } from '../src/db/unavailable.js'
 import { denyAccessToken } from '../src/sessions/deny-list.js'
+import { BODY_ERRORS, oauthErrorReplies } from './schemas.js'
 
 class OAuthError extends Error {
   constructor(readonly status: number, readonly error: string, readonly description: string) {
     super(description)
   }
 }
-
-const OAuthErrorReply = Type.Object({ error: Type.String(), error_description: Type.Optional(Type.String()) })
 
 // Native clients and services: RFC 6749 token endpoint (password and refresh_token grants)
 // and RFC 7009 revocation, on the same family engine as the cookie surface but with no
@@ -59,6 +58,10 @@ const oauth: FastifyPluginAsyncTypebox = async (app) => {
   app.post('/oauth/token', {
     config: { rateLimit: {} },
     schema: {
+      tags: ['oauth'],
+      summary: 'Token endpoint (RFC 6749)',
+      description: '`grant_type=password` (`username`, `password`) or `grant_type=refresh_token` (`refresh_token`), as a form or JSON. The refresh token comes back in the body and is spent by its next use; a replayed one is `invalid_grant` and revokes its whole session. Bad credentials are `400 invalid_grant`. `Cache-Control: no-store`.',
+      consumes: ['application/x-www-form-urlencoded', 'application/json'],
       body: Type.Object({
         grant_type: Type.String({ maxLength: 64 }),
         username: Type.Optional(Type.String({ maxLength: 320 })),
@@ -72,8 +75,8 @@ const oauth: FastifyPluginAsyncTypebox = async (app) => {
           token_type: Type.Literal('Bearer'),
           expires_in: Type.Integer(),
           refresh_token: Type.String()
-        }),
-        400: OAuthErrorReply, 429: OAuthErrorReply, 503: OAuthErrorReply
+        }, { description: 'Tokens' }),
+        ...oauthErrorReplies(...BODY_ERRORS, 429, 503)
       }
     }
   }, async (request, reply) => {
@@ -96,11 +99,15 @@ const oauth: FastifyPluginAsyncTypebox = async (app) => {
   app.post('/oauth/revoke', {
     config: { rateLimit: {} },
     schema: {
+      tags: ['oauth'],
+      summary: 'Revocation endpoint (RFC 7009)',
+      description: 'A refresh token revokes its whole session; an access token is refused until it expires. `200` for unknown tokens too, as RFC 7009 asks.',
+      consumes: ['application/x-www-form-urlencoded', 'application/json'],
       body: Type.Object({
         token: Type.String({ maxLength: 4096 }),
         token_type_hint: Type.Optional(Type.String({ maxLength: 64 }))
       }),
-      response: { 200: Type.Object({}), 400: OAuthErrorReply, 503: OAuthErrorReply }
+      response: { 200: Type.Object({}, { description: 'Revoked, or nothing to revoke' }), ...oauthErrorReplies(...BODY_ERRORS, 429, 503) }
     }
   }, async (request, reply) => {
     const { token } = request.body

@@ -4,7 +4,7 @@ import { errors } from '../src/errors.js'
 import { audit } from '../src/audit.js'
 import { ThrottledError } from '../src/login.js'
 import { denyAccessToken } from '../src/sessions/deny-list.js'
-import { Credentials, TokenReply, Uuid, errorReplies } from './schemas.js'
+import { BEARER_AUTH, BODY_ERRORS, COOKIE_AUTH, Credentials, NoContent, TokenReply, Uuid, errorReplies, errorReply } from './schemas.js'
 import { checkOrigin, clearRefreshCookie, refreshCookie, setRefreshCookie } from './refresh-cookie.js'
 
 export interface SessionsOptions {
@@ -21,7 +21,13 @@ const plugin: FastifyPluginAsyncTypebox<SessionsOptions> = async (app, opts) => 
 
   app.post('/auth/login', {
     config: { rateLimit: {} },
-    schema: { body: Credentials, response: { 200: TokenReply, ...errorReplies(400, 401, 403, 413, 415, 429) } }
+    schema: {
+      tags: ['sessions'],
+      summary: 'Log in (browser)',
+      description: 'Checks the password and starts a session: an access token in the body, the refresh token in the `keysmith_refresh` cookie (`HttpOnly; Secure; SameSite=Strict; Path=/auth`). `401` for any bad credential; `403` for a disabled account (only after the right password) or a foreign `Origin`; failed logins are throttled (`429` with `Retry-After`).',
+      body: Credentials,
+      response: { 200: TokenReply, ...errorReplies(...BODY_ERRORS, 401, 403, 429, 503) }
+    }
   }, async (request, reply) => {
     checkOrigin(request, opts.allowedOrigins)
     let user
@@ -38,7 +44,17 @@ const plugin: FastifyPluginAsyncTypebox<SessionsOptions> = async (app, opts) => 
 
   app.post('/auth/refresh', {
     config: { rateLimit: {} },
-    schema: { response: { 200: TokenReply, ...errorReplies(401, 403, 409, 429) } }
+    schema: {
+      tags: ['sessions'],
+      summary: 'Refresh (browser)',
+      description: 'Spends the refresh cookie and sets its successor, with a new access token. A cookie that was already spent revokes its whole session (`401`), except within `REFRESH_REUSE_GRACE` seconds of its rotation (two tabs): `409` with `Retry-After: 0`, and the retry carries the new cookie.',
+      security: COOKIE_AUTH,
+      response: {
+        200: TokenReply,
+        ...errorReplies(...BODY_ERRORS, 401, 403, 429, 503),
+        409: errorReply('Just rotated by another request; retry (Retry-After: 0) with the cookie it set')
+      }
+    }
   }, async (request, reply) => {
     checkOrigin(request, opts.allowedOrigins)
     const token = refreshCookie(request)
@@ -58,7 +74,13 @@ const plugin: FastifyPluginAsyncTypebox<SessionsOptions> = async (app, opts) => 
   })
 
   app.post('/auth/logout', {
-    schema: { response: { 204: Type.Null(), ...errorReplies(403) } }
+    schema: {
+      tags: ['sessions'],
+      summary: 'Log out',
+      description: 'Revokes the session of the refresh cookie, clears the cookie and, when a Bearer access token comes along, refuses that token until it expires. Succeeds with neither.',
+      security: [...COOKIE_AUTH, ...BEARER_AUTH, {}],
+      response: { 204: NoContent('Logged out'), ...errorReplies(...BODY_ERRORS, 403, 503) }
+    }
   }, async (request, reply) => {
     checkOrigin(request, opts.allowedOrigins)
     const token = refreshCookie(request)
@@ -89,7 +111,13 @@ const plugin: FastifyPluginAsyncTypebox<SessionsOptions> = async (app, opts) => 
 
   app.get('/auth/sessions', {
     onRequest: app.authenticate,
-    schema: { response: { 200: Type.Object({ sessions: Type.Array(Session) }), ...errorReplies(401) } }
+    schema: {
+      tags: ['sessions'],
+      summary: 'List my sessions',
+      description: 'The caller\'s active sessions (refresh families), browser and OAuth; `current` marks the one whose refresh cookie came with the request.',
+      security: BEARER_AUTH,
+      response: { 200: Type.Object({ sessions: Type.Array(Session) }, { description: 'Active sessions' }), ...errorReplies(401, 503) }
+    }
   }, async (request) => {
     const token = refreshCookie(request)
     const current = token ? (await app.sessions.familyOf(token))?.familyId : undefined
@@ -107,7 +135,14 @@ const plugin: FastifyPluginAsyncTypebox<SessionsOptions> = async (app, opts) => 
 
   app.delete('/auth/sessions/:id', {
     onRequest: app.authenticate,
-    schema: { params: Type.Object({ id: Uuid }), response: { 204: Type.Null(), ...errorReplies(400, 401, 404) } }
+    schema: {
+      tags: ['sessions'],
+      summary: 'Revoke one of my sessions',
+      description: 'Ends the session: its refresh token stops working. Another user\'s session is `404`, like an unknown id.',
+      security: BEARER_AUTH,
+      params: Type.Object({ id: Uuid }),
+      response: { 204: NoContent('Revoked'), ...errorReplies(...BODY_ERRORS, 401, 404, 503) }
+    }
   }, async (request, reply) => {
     const revoked = await app.sessions.revokeFamily(request.params.id, 'user_revoked',
       { ...meta(request), userId: request.user!.id, actorId: request.user!.id, auditAs: 'session.revoked' })

@@ -3,6 +3,9 @@ import type { Config } from './config.js'
 import type { DatabaseHandle } from './db/connect.js'
 import database from '../plugins/database.js'
 import errorHandling from '../plugins/errors.js'
+import securityHeaders from '../plugins/security-headers.js'
+import openapi from '../plugins/openapi.js'
+import metrics from '../plugins/metrics.js'
 import keys from '../plugins/keys.js'
 import health from '../plugins/health.js'
 import localAuth from '../plugins/local-auth.js'
@@ -67,7 +70,12 @@ export async function buildApp(config: Config, options: BuildOptions = {}): Prom
 }
 
 async function registerPlugins(app: FastifyInstance, config: Config, options: BuildOptions): Promise<void> {
+  // First: its request hook must reach every route, and auth-core counts into it.
+  await app.register(metrics, { defaultMetrics: config.metrics.port !== undefined })
   await app.register(errorHandling)
+  // Before every route: both attach to routes through onRoute hooks.
+  await app.register(securityHeaders, { issuer: config.issuer })
+  await app.register(openapi, { issuer: config.issuer })
   await app.register(database, { databaseUrl: config.databaseUrl, dataDir: config.dataDir, handle: options.database })
   await app.register(keys, {
     issuer: config.issuer,
@@ -89,6 +97,8 @@ async function registerPlugins(app: FastifyInstance, config: Config, options: Bu
     origin: (origin, cb) => cb(null, origin !== undefined && allowedOrigins.has(origin)),
     credentials: true,
     methods: ['GET', 'POST', 'PUT', 'DELETE'],
+    // Pages must see when to retry (the two-tab 409, a 429) and why a Bearer token failed.
+    exposedHeaders: ['Retry-After', 'WWW-Authenticate'],
     maxAge: 600
   })
   await app.register(cookie)

@@ -30,7 +30,10 @@ const EnvSchema = Type.Object({
   ARGON2_TIME_COST: Int(2, 20, 2),
   ARGON2_PARALLELISM: Int(1, 16, 1),
   RATE_LIMIT_MAX: Int(1, 1_000_000, 30),
-  RATE_LIMIT_WINDOW: Int(1, 86_400, 60)
+  RATE_LIMIT_WINDOW: Int(1, 86_400, 60),
+  // Unset: no metrics listener. Never the public port: the metrics stay off the internet.
+  METRICS_PORT: Type.Optional(Type.Integer({ minimum: 1, maximum: 65535 })),
+  METRICS_HOST: Type.String({ default: '127.0.0.1', minLength: 1 })
 })
 type Env = Static<typeof EnvSchema>
 
@@ -57,6 +60,7 @@ export interface Config {
   logLevel: string
   argon2: { memoryCost: number; timeCost: number; parallelism: number }
   rateLimit: { max: number; windowSeconds: number }
+  metrics: { port: number | undefined; host: string }
 }
 
 export class ConfigError extends Error {
@@ -92,6 +96,9 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
   if (e.NODE_ENV === 'production' && !keyEncryptionSecrets) {
     throw new ConfigError('KEY_ENCRYPTION_SECRET: required when NODE_ENV=production')
   }
+  if (e.METRICS_PORT !== undefined && e.METRICS_PORT === e.PORT) {
+    throw new ConfigError(`METRICS_PORT: invalid value "${e.METRICS_PORT}" (must differ from PORT)`)
+  }
   const issuer = (e.ISSUER ?? `http://localhost:${e.PORT}`).replace(/\/+$/, '')
   return {
     env: e.NODE_ENV,
@@ -119,7 +126,8 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
       timeCost: e.ARGON2_TIME_COST,
       parallelism: e.ARGON2_PARALLELISM
     },
-    rateLimit: { max: e.RATE_LIMIT_MAX, windowSeconds: e.RATE_LIMIT_WINDOW }
+    rateLimit: { max: e.RATE_LIMIT_MAX, windowSeconds: e.RATE_LIMIT_WINDOW },
+    metrics: { port: e.METRICS_PORT, host: e.METRICS_HOST }
   }
 }
 

@@ -13,7 +13,7 @@ export const ROOT = fileURLToPath(new URL('..', import.meta.url))
 // Variables of CONTRACT.md section 2 that the machine running the tests may have set; a
 // child sees only what the test hands it.
 const INHERITED_CONFIG = ['NODE_ENV', 'PORT', 'HOST', 'DATABASE_URL', 'TEST_DATABASE_URL', 'DATA_DIR', 'KEYS_DIR',
-  'ISSUER', 'AUDIENCE', 'KEY_ENCRYPTION_SECRET', 'REDIS_URL', 'LOG_LEVEL', 'KEY_REFRESH_INTERVAL']
+  'ISSUER', 'AUDIENCE', 'KEY_ENCRYPTION_SECRET', 'REDIS_URL', 'LOG_LEVEL', 'KEY_REFRESH_INTERVAL', 'METRICS_PORT', 'METRICS_HOST']
 
 // A test database's environment (TestEnv), with or without more variables.
 export type Vars = Partial<TestEnv> | Record<string, string | undefined>

@@ -10,6 +10,7 @@ export interface ActiveKey {
   privateKey: KeyObject
   // base64url of the JOSE header, computed once per key rather than per token.
   headerB64: string
+  activatedAt: Date
 }
 
 export interface Jwks {
@@ -36,9 +37,12 @@ export class Keyring {
   #nextExpiry = Infinity
   #timer: NodeJS.Timeout | undefined
   #listener: pg.PoolClient | undefined
+  #listening: Promise<void> | undefined
+  #stopped = false
   #refreshing: Promise<void> | undefined
   #lastLoadOk = false
   #generation = 0
+  #states: Record<string, number> = {}
   readonly #opts: KeyringOptions
 
   constructor(opts: KeyringOptions) {
@@ -51,6 +55,11 @@ export class Keyring {
 
   get jwks(): Jwks {
     return this.#jwks
+  }
+
+  // How many published keys are in each state (next, active, retired), for metrics.
+  get states(): Readonly<Record<string, number>> {
+    return this.#states
   }
 
   // Changes whenever the set of verification keys does.
@@ -69,19 +78,38 @@ export class Keyring {
   // Throws on a wrong encryption secret, so start-up fails loudly instead of minting keys.
   async start(): Promise<void> {
     await this.refresh(true)
-    this.#timer = setInterval(() => void this.refresh().catch(this.#onError), this.#opts.refreshIntervalMs)
+    this.#timer = setInterval(() => this.#tick(), this.#opts.refreshIntervalMs)
     this.#timer.unref()
-    if (this.#opts.listenPool) await this.#listen(this.#opts.listenPool).catch(this.#onError)
+    await this.#relisten()
   }
 
   async stop(): Promise<void> {
+    this.#stopped = true
     clearInterval(this.#timer)
+    // A LISTEN connection still being opened must be back in the pool before it closes.
+    await this.#listening
     const listener = this.#listener
     this.#listener = undefined
     if (listener) {
       listener.removeAllListeners('notification')
       listener.release(true)
     }
+  }
+
+  #tick() {
+    void this.refresh().catch(this.#onError)
+    // The LISTEN connection dies with the database; listen again once it answers, and
+    // reload, since changes made meanwhile were announced to nobody.
+    if (!this.#listener && this.#opts.listenPool) {
+      void this.#relisten().then(() => this.#listener && this.refresh()).catch(this.#onError)
+    }
+  }
+
+  #relisten(): Promise<void> {
+    const pool = this.#opts.listenPool
+    if (!pool || this.#stopped) return Promise.resolve()
+    this.#listening ??= this.#listen(pool).catch(this.#onError).finally(() => { this.#listening = undefined })
+    return this.#listening
   }
 
   refresh(force = false): Promise<void> {
@@ -111,7 +139,9 @@ export class Keyring {
     const verify = new Map<string, KeyObject>()
     let active: ActiveKey | undefined
     let nextExpiry = Infinity
+    const states: Record<string, number> = {}
     for (const row of rows) {
+      states[row.state] = (states[row.state] ?? 0) + 1
       // Open every published private key: a wrong secret must surface now, not at rotation.
       const pem = this.#opts.box.open(row.private_key, row.kid)
       const reuse = this.#active?.kid === row.kid ? this.#active : undefined
@@ -120,7 +150,8 @@ export class Keyring {
         active = reuse ?? {
           kid: row.kid,
           privateKey: createPrivateKey(pem),
-          headerB64: Buffer.from(JSON.stringify({ alg: 'RS256', typ: 'at+jwt', kid: row.kid })).toString('base64url')
+          headerB64: Buffer.from(JSON.stringify({ alg: 'RS256', typ: 'at+jwt', kid: row.kid })).toString('base64url'),
+          activatedAt: row.activated_at ?? row.created_at
         }
       }
       if (row.publish_until) nextExpiry = Math.min(nextExpiry, row.publish_until.getTime())
@@ -128,6 +159,7 @@ export class Keyring {
     this.#verify = verify
     this.#active = active
     this.#nextExpiry = nextExpiry
+    this.#states = states
     this.#jwks = serializeJwks(rows)
     this.#generation++
   }
@@ -135,9 +167,9 @@ export class Keyring {
   async #listen(pool: pg.Pool) {
     const client = await pool.connect()
     client.on('notification', () => void this.refresh().catch(this.#onError))
-    // A lost LISTEN connection is not fatal: polling still adopts changes within seconds.
-    // The broken client goes back to the pool, which drops it: pool.end() waits for every
-    // checked-out client, so keeping it would hang shutdown.
+    // A lost LISTEN connection is not fatal: polling adopts changes within seconds until
+    // the next tick listens again. The broken client goes back to the pool, which drops it:
+    // pool.end() waits for every checked-out client, so keeping it would hang shutdown.
     client.on('error', (err) => {
       this.#onError(err)
       if (this.#listener !== client) return

@@ -92,6 +92,8 @@ t.test('an allowed origin gets credentials CORS headers', async (t) => {
   t.equal(b.res.headers['access-control-allow-origin'], origin)
   t.equal(b.res.headers['access-control-allow-credentials'], 'true')
   t.match(b.res.headers.vary, /Origin/i)
+  // Without this a page cannot read when to retry after the two-tab 409 or a 429.
+  t.match(b.res.headers['access-control-expose-headers'], /Retry-After/i)
 })
 
 t.test('requests without an Origin (same-origin navigation, native tools) are served', async (t) => {

@@ -57,7 +57,11 @@ const BAD: [string, Record<string, string>][] = [
   ['DATABASE_URL', { DATABASE_URL: 'mysql://root:hunter2@db/keysmith' }],
   ['LOG_LEVEL', { LOG_LEVEL: 'loud' }],
   ['ISSUER', { ISSUER: 'idp.example.com' }],
-  ['REDIS_URL', { REDIS_URL: 'http://cache:6379' }]
+  ['REDIS_URL', { REDIS_URL: 'http://cache:6379' }],
+  ['METRICS_PORT', { METRICS_PORT: '9464x' }],
+  ['METRICS_PORT', { METRICS_PORT: '0' }],
+  ['METRICS_PORT', { METRICS_PORT: '70000' }],
+  ['METRICS_PORT', { PORT: '8080', METRICS_PORT: '8080' }]
 ]
 
 t.test('each bad variable is refused with a ConfigError naming it', async (t) => {
@@ -71,6 +75,12 @@ t.test('each bad variable is refused with a ConfigError naming it', async (t) =>
     t.type(error, ConfigError, `${JSON.stringify(env)} is refused`)
     t.match((error as Error | undefined)?.message, new RegExp(`^${name}: `), `and the message starts with ${name}`)
   }
+})
+
+t.test('metrics are off unless METRICS_PORT is set, and then on loopback by default', async (t) => {
+  t.same(loadConfig({}).metrics, { port: undefined, host: '127.0.0.1' })
+  t.same(loadConfig({ METRICS_PORT: '9464' }).metrics, { port: 9464, host: '127.0.0.1' })
+  t.same(loadConfig({ METRICS_PORT: '9464', METRICS_HOST: '0.0.0.0' }).metrics, { port: 9464, host: '0.0.0.0' })
 })
 
 t.test('the error is useful without leaking secrets', async (t) => {
