@@ -1,9 +1,9 @@
-import t, { type Test } from 'tap'
+import t from 'tap'
 import { connect as tcpConnect, createServer, type Socket } from 'node:net'
 import { existsSync } from 'node:fs'
 import { join } from 'node:path'
 import { freshDatabase, REAL_POSTGRES, type TestEnv } from './helper.js'
-import { childEnv, eventually, freePort, lines, run, start, type Child } from './support.js'
+import { childEnv, eventually, freePort, lines, run, startServer } from './support.js'
 
 // src/server.ts as an operator runs it: its own process, its own port, its own database.
 
@@ -12,17 +12,6 @@ const SOCKET = '.s.PGSQL.5432'
 
 function serverEnv(db: TestEnv, port: number) {
   return childEnv({ ...db, PORT: String(port), HOST: '127.0.0.1', LOG_LEVEL: 'info' })
-}
-
-async function startServer(t: Test, db: TestEnv, port: number): Promise<Child> {
-  const server = start('src/server.ts', [], serverEnv(db, port))
-  t.teardown(() => { if (server.child.exitCode === null && server.child.signalCode === null) server.child.kill('SIGKILL') })
-  let exited = false
-  void server.exited.then(() => { exited = true })
-  // Opening a fresh embedded database, migrating and making two RSA keys take seconds.
-  const up = await eventually(async () => exited || (await fetch(`http://127.0.0.1:${port}/health`).then((r) => r.ok, () => false)), 90_000)
-  if (exited || !up) throw new Error(`server did not come up: ${server.output().stderr}`)
-  return server
 }
 
 function refused(port: number): Promise<string> {
@@ -36,7 +25,7 @@ function refused(port: number): Promise<string> {
 t.test('SIGTERM finishes the request in flight, exits 0 and releases port and database', async (t) => {
   const db = await freshDatabase(t)
   const port = await freePort()
-  const server = await startServer(t, db, port)
+  const server = await startServer(t, serverEnv(db, port), port)
   const ready = await fetch(`http://127.0.0.1:${port}/ready`)
   t.equal(ready.status, 200)
   if (!REAL_POSTGRES) {

@@ -3,6 +3,7 @@ import { createServer, type AddressInfo } from 'node:net'
 import { fileURLToPath } from 'node:url'
 import { join } from 'node:path'
 import { setTimeout as sleep } from 'node:timers/promises'
+import type { Test } from 'tap'
 import type { TestEnv } from './helper.js'
 
 // Helpers for tests that run Keysmith's own entry points (server, scripts) as child
@@ -96,4 +97,16 @@ export async function eventually<T>(probe: () => Promise<T> | T, ms = 5000): Pro
     if (value || Date.now() >= deadline) return value
     await sleep(100)
   }
+}
+
+// `src/server.ts` as a child process, up once /health answers on `port`; killed at teardown.
+export async function startServer(t: Test, env: NodeJS.ProcessEnv, port: number): Promise<Child> {
+  const server = start('src/server.ts', [], env)
+  t.teardown(() => { if (server.child.exitCode === null && server.child.signalCode === null) server.child.kill('SIGKILL') })
+  let exited = false
+  void server.exited.then(() => { exited = true })
+  // Opening a fresh embedded database, migrating and making two RSA keys take seconds.
+  const up = await eventually(async () => exited || (await fetch(`http://127.0.0.1:${port}/health`).then((r) => r.ok, () => false)), 90_000)
+  if (exited || !up) throw new Error(`server did not come up: ${server.output().stderr}`)
+  return server
 }

@@ -1,10 +1,10 @@
-import t, { type Test } from 'tap'
+import t from 'tap'
 import { randomUUID } from 'node:crypto'
 import { connect, createServer } from 'node:net'
 import { freshDatabase, type TestApp } from '../helper.js'
 import { buildApp, login, refresh, register } from '../sessions-helper.js'
 import { loginRes, uniqueIp } from '../accounts-helper.js'
-import { childEnv, eventually, freePort, lines, run, start } from '../support.js'
+import { childEnv, freePort, lines, run, startServer } from '../support.js'
 
 // Prometheus metrics: what the services count, the request histogram's labels, the key
 // gauges, and the separate listener src/server.ts opens on METRICS_PORT.
@@ -128,15 +128,6 @@ function connectResult(port: number): Promise<string> {
   })
 }
 
-async function startServer(t: Test, env: NodeJS.ProcessEnv, port: number) {
-  const server = start('src/server.ts', [], env)
-  t.teardown(() => { if (server.child.exitCode === null && server.child.signalCode === null) server.child.kill('SIGKILL') })
-  let exited = false
-  void server.exited.then(() => { exited = true })
-  const up = await eventually(async () => exited || (await fetch(`http://127.0.0.1:${port}/health`).then((r) => r.ok, () => false)), 90_000)
-  if (exited || !up) throw new Error(`server did not come up: ${server.output().stderr}`)
-  return server
-}
 
 t.test('the server serves /metrics on METRICS_PORT only, and closes it on SIGTERM', async (t) => {
   const db = await freshDatabase(t)
