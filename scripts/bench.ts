@@ -129,9 +129,9 @@ async function main() {
     const rps = async (opts: Cannon) => (await cannon(opts)).requests.average
     const authorization = `Bearer ${accessToken}`
     for (let r = 0; r < RUNS; r++) {
-      await bracketed('jwks_vs_hello', 'hello_rps', 'jwks_rps', 4,
+      await bracketed('jwks_vs_hello', 'hello_rps', 'jwks_rps', 6,
         () => rps({ url: `${base}/bench/hello`, duration: 2 }), () => rps({ url: `${base}/.well-known/jwks.json`, duration: 2 }))
-      await bracketed('protected_vs_unprotected', 'unprotected_rps', 'protected_rps', 4,
+      await bracketed('protected_vs_unprotected', 'unprotected_rps', 'protected_rps', 6,
         () => rps({ url: `${rs}/unprotected`, duration: 2 }), () => rps({ url: `${rs}/protected`, headers: { authorization }, duration: 2 }))
 
       await bracketed('login_vs_argon2', 'argon2_verify_per_s', 'login_rps', 1, () => baseline('argon2'), async () => {
