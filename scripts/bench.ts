@@ -39,7 +39,7 @@ async function main() {
   const databaseUrl = scratch?.url
   const env = serverEnv(port, dir, databaseUrl)
 
-  const server = runNode('scripts/bench/server.ts', [], env)
+  const server = runNode('scripts/bench/server.ts', [], env, ['--expose-gc'])
   try {
     const { rsPort } = await firstJsonLine(server)
     const rs = `http://127.0.0.1:${rsPort}`
@@ -98,10 +98,12 @@ async function main() {
     }
     await mixed(15)
     await sleep(1000)
-    const rssWarm = (await json('/bench/stats')).body.rss as number
+    const warm = (await json('/bench/stats?gc=1')).body
+    const rssWarm = warm.rss as number
     const soakErrors = await mixed(SOAK_SECONDS)
     await sleep(1000)
-    const rssAfter = (await json('/bench/stats')).body.rss as number
+    const after = (await json('/bench/stats?gc=1')).body
+    const rssAfter = after.rss as number
 
     const runs: Record<string, number[]> = {}
     const add = (k: string, v: number) => (runs[k] ??= []).push(v)
@@ -174,6 +176,8 @@ async function main() {
       jwks_p99_ms_under_login: round(m.jwks_p99_ms_under_login!, 1),
       rss_warm_mb: round(rssWarm / 2 ** 20, 1),
       rss_after_soak_mb: round(rssAfter / 2 ** 20, 1),
+      heap_warm_mb: round((warm.heap_used as number) / 2 ** 20, 1),
+      heap_after_soak_mb: round((after.heap_used as number) / 2 ** 20, 1),
       soak_seconds: SOAK_SECONDS,
       soak_errors: soakErrors,
       // Medians of each run's own ratio (see `bracketed`).

@@ -72,7 +72,7 @@ async function main() {
   const scratch = serverUrl ? await scratchDatabase(serverUrl, 'load') : undefined
   const env = serverEnv(port, dir, scratch?.url)
 
-  const server = runNode('scripts/bench/server.ts', [], env)
+  const server = runNode('scripts/bench/server.ts', [], env, ['--expose-gc'])
   let failed = false
   try {
     await firstJsonLine(server)
@@ -82,7 +82,7 @@ async function main() {
         : { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify(body) })
       return { status: res.status, body: await res.json().catch(() => ({})) as Record<string, unknown> }
     }
-    const rss = async () => (await json('/bench/stats')).body.rss as number
+    const rss = async () => (await json('/bench/stats?gc=1')).body.rss as number
 
     const email = `load-${randomUUID()}@example.com`
     const registered = await json('/auth/register', { email, password: PASSWORD })

@@ -16,8 +16,8 @@ export async function freePort(): Promise<number> {
   })
 }
 
-export function runNode(script: string, args: string[], env: NodeJS.ProcessEnv): ChildProcess {
-  return spawn(process.execPath, ['--import', 'tsx', script, ...args], { env, stdio: ['ignore', 'pipe', 'inherit'] })
+export function runNode(script: string, args: string[], env: NodeJS.ProcessEnv, nodeArgs: string[] = []): ChildProcess {
+  return spawn(process.execPath, [...nodeArgs, '--import', 'tsx', script, ...args], { env, stdio: ['ignore', 'pipe', 'inherit'] })
 }
 
 export async function firstJsonLine(child: ChildProcess): Promise<Record<string, number>> {

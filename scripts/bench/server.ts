@@ -12,11 +12,19 @@ const app = await buildApp(config)
 const eld = monitorEventLoopDelay({ resolution: 1 })
 eld.enable()
 app.get('/bench/hello', async () => ({ hello: 'world' }))
-app.get('/bench/stats', async () => ({
-  rss: process.memoryUsage().rss,
-  eld_p99_ms: eld.percentile(99) / 1e6,
-  eld_max_ms: eld.max / 1e6
-}))
+// `?gc=1`: memory after a full collection (the server runs with --expose-gc), so that a
+// comparison of two readings shows what is retained, not how far V8 let the heap grow lazily.
+const gc = (globalThis as { gc?: () => void }).gc
+app.get<{ Querystring: { gc?: string } }>('/bench/stats', async (request) => {
+  if (request.query.gc === '1') gc?.()
+  const memory = process.memoryUsage()
+  return {
+    rss: memory.rss,
+    heap_used: memory.heapUsed,
+    eld_p99_ms: eld.percentile(99) / 1e6,
+    eld_max_ms: eld.max / 1e6
+  }
+})
 app.post('/bench/eld-reset', async () => {
   eld.reset()
   return {}
