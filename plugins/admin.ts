@@ -4,7 +4,7 @@ import { Type, type FastifyPluginAsyncTypebox } from '@fastify/type-provider-typ
 import { sql } from 'kysely'
 import { errors } from '../src/errors.js'
 import { audit } from '../src/audit.js'
-import { ROLE, grantRole, revokeRole, rolesOf } from '../src/accounts.js'
+import { ROLE, grantRoleIn, revokeRoleIn, rolesOf } from '../src/accounts.js'
 import { listKeys, rotateKeys } from '../src/signing/key-store.js'
 import { BEARER_AUTH, BODY_ERRORS, Uuid, errorReplies } from './schemas.js'
 
@@ -89,18 +89,29 @@ const plugin: FastifyPluginAsyncTypebox = async (app) => {
   app.put('/admin/users/:id/roles', {
     onRequest: admin,
     schema: {
-      ...doc('Set a user\'s roles', 'Replaces the user\'s roles with the list (`user` is always kept); each grant and revocation is audited. Takes effect in tokens issued from now on.'),
+      ...doc('Set a user\'s roles', 'Replaces the user\'s roles with the list (`user` is always kept), all or nothing; each grant and revocation is audited. Takes effect in tokens issued from now on. `409` if it would take the admin role from the last enabled admin.'),
       params: UserParams,
       body: Type.Object({ roles: Type.Array(Type.String({ pattern: ROLE.source }), { maxItems: 50, uniqueItems: true }) }),
-      response: { 200: User, ...errorReplies(...BODY_ERRORS, 404, ...ADMIN_ERRORS) }
+      response: { 200: User, ...errorReplies(...BODY_ERRORS, 404, 409, ...ADMIN_ERRORS) }
     }
   }, async (request) => {
     const user = await loadUser(request.params.id)
     // Everyone keeps the default role; the list sets the others.
     const wanted = new Set([...request.body.roles, 'user'])
-    const current = new Set(await rolesOf(app.db, user.id))
-    for (const role of wanted) if (!current.has(role)) await grantRole(app.db, user.id, role, actor(request))
-    for (const role of current) if (!wanted.has(role)) await revokeRole(app.db, user.id, role, actor(request))
+    await app.db.transaction().execute(async (trx) => {
+      // One role change at a time: two admins demoting each other at once must not both
+      // see the other as the admin who remains.
+      await sql`select pg_advisory_xact_lock(hashtext('keysmith:user_roles'))`.execute(trx)
+      const current = new Set(await rolesOf(trx, user.id))
+      if (current.has('admin') && !wanted.has('admin')) {
+        const others = await trx.selectFrom('user_roles').innerJoin('users', 'users.id', 'user_roles.user_id')
+          .select('users.id').where('role', '=', 'admin').where('users.id', '!=', user.id).where('users.disabled', '=', false)
+          .limit(1).executeTakeFirst()
+        if (!others) throw new errors.LastAdmin()
+      }
+      for (const role of wanted) if (!current.has(role)) await grantRoleIn(trx, user.id, role, actor(request))
+      for (const role of current) if (!wanted.has(role)) await revokeRoleIn(trx, user.id, role, actor(request))
+    })
     return toUser(user)
   })
 

@@ -1,4 +1,4 @@
-import { sql, type Kysely } from 'kysely'
+import { sql, type Kysely, type Transaction } from 'kysely'
 import type { Database } from './db/schema.js'
 import { audit, type AuditEvent } from './audit.js'
 import { errors } from './errors.js'
@@ -74,19 +74,24 @@ export async function setPasswordHash(db: Kysely<Database>, userId: string, hash
 export const ROLE = /^[a-z][a-z0-9_.:-]{0,63}$/
 
 export async function grantRole(db: Kysely<Database>, userId: string, role: string, meta: Meta = {}): Promise<boolean> {
-  return db.transaction().execute(async (trx) => {
-    const added = await trx.insertInto('user_roles').values({ user_id: userId, role })
-      .onConflict((oc) => oc.doNothing()).returning('role').executeTakeFirst()
-    if (added) await audit(trx, { type: 'role.granted', userId, ...meta, details: { role } })
-    return added !== undefined
-  })
+  return db.transaction().execute((trx) => grantRoleIn(trx, userId, role, meta))
 }
 
 export async function revokeRole(db: Kysely<Database>, userId: string, role: string, meta: Meta = {}): Promise<boolean> {
-  return db.transaction().execute(async (trx) => {
-    const removed = await trx.deleteFrom('user_roles').where('user_id', '=', userId).where('role', '=', role)
-      .returning('role').executeTakeFirst()
-    if (removed) await audit(trx, { type: 'role.revoked', userId, ...meta, details: { role } })
-    return removed !== undefined
-  })
+  return db.transaction().execute((trx) => revokeRoleIn(trx, userId, role, meta))
+}
+
+// The change and its audit event, inside the caller's transaction.
+export async function grantRoleIn(trx: Transaction<Database>, userId: string, role: string, meta: Meta = {}): Promise<boolean> {
+  const added = await trx.insertInto('user_roles').values({ user_id: userId, role })
+    .onConflict((oc) => oc.doNothing()).returning('role').executeTakeFirst()
+  if (added) await audit(trx, { type: 'role.granted', userId, ...meta, details: { role } })
+  return added !== undefined
+}
+
+export async function revokeRoleIn(trx: Transaction<Database>, userId: string, role: string, meta: Meta = {}): Promise<boolean> {
+  const removed = await trx.deleteFrom('user_roles').where('user_id', '=', userId).where('role', '=', role)
+    .returning('role').executeTakeFirst()
+  if (removed) await audit(trx, { type: 'role.revoked', userId, ...meta, details: { role } })
+  return removed !== undefined
 }

@@ -2,7 +2,7 @@ import { randomUUID } from 'node:crypto'
 import t from 'tap'
 import { decodeProtectedHeader } from 'jose'
 import { grantRole } from '../../src/accounts.js'
-import { build, testClock } from '../helper.js'
+import { build, freshDatabase, testClock } from '../helper.js'
 
 // One Keysmith for the file (tests use their own users); many requests come from one
 // address, so the per-address limit is lifted. Its clock moves only in the expiry test.
@@ -190,6 +190,47 @@ t.test('PUT /admin/users/:id/roles replaces the roles, keeps "user", audits with
   await put(['ops'])
   const token = (await login(user)).access
   t.same((await app.verifyAccessToken(token))!.roles, ['ops', 'user'])
+})
+
+t.test('PUT roles never takes the admin role from the last enabled admin', async (t) => {
+  // A database of its own, where the admins are exactly the ones made here.
+  const own = await build(t, { db: await freshDatabase(t), env: { RATE_LIMIT_MAX: '100000' } })
+  const signUp = async () => {
+    const email = `${randomUUID()}@example.com`
+    const reg = await own.inject({ method: 'POST', url: '/auth/register', payload: { email, password: PASSWORD } })
+    return { id: reg.json<{ id: string }>().id, email }
+  }
+  const tokenOf = async (u: { email: string }) =>
+    (await own.inject({ method: 'POST', url: '/auth/login', payload: { email: u.email, password: PASSWORD } })).json<{ access_token: string }>().access_token
+  const put = async (actor: string, userId: string, roles: string[]) =>
+    own.inject({ method: 'PUT', url: `/admin/users/${userId}/roles`, payload: { roles }, headers: { authorization: `Bearer ${actor}` } })
+  const rolesOf = async (userId: string) =>
+    (await own.db.selectFrom('user_roles').select('role').where('user_id', '=', userId).orderBy('role').execute()).map((r) => r.role)
+  const roleEvents = async () => (await own.db.selectFrom('audit_events').select((eb) => eb.fn.countAll<string>().as('n'))
+    .where('type', 'in', ['role.granted', 'role.revoked']).executeTakeFirstOrThrow()).n
+
+  const first = await signUp()
+  await grantRole(own.db, first.id, 'admin')
+  const firstToken = await tokenOf(first)
+  const before = await roleEvents()
+  const alone = await put(firstToken, first.id, ['ops'])
+  t.equal(alone.statusCode, 409, 'the only admin cannot demote themselves')
+  t.match(alone.json(), { statusCode: 409, message: /last enabled admin/ })
+  t.same(await rolesOf(first.id), ['admin', 'user'], 'nothing changed, not even the ops grant')
+  t.equal(await roleEvents(), before, 'and nothing was audited')
+
+  const second = await signUp()
+  t.equal((await put(firstToken, second.id, ['admin'])).statusCode, 200)
+  const secondToken = await tokenOf(second)
+  t.equal((await put(secondToken, first.id, [])).statusCode, 200, 'with another admin left, one can be demoted')
+  t.same(await rolesOf(first.id), ['user'])
+  t.equal((await put(secondToken, second.id, [])).statusCode, 409, 'and then the remaining one is the last')
+
+  // A disabled admin does not count as the one who remains.
+  await grantRole(own.db, first.id, 'admin')
+  await own.db.updateTable('users').set({ disabled: true }).where('id', '=', first.id).execute()
+  t.equal((await put(secondToken, second.id, [])).statusCode, 409)
+  t.same(await rolesOf(second.id), ['admin', 'user'])
 })
 
 t.test('disable: no more login, sessions ended, audited; enable restores login', async (t) => {
