@@ -1,9 +1,8 @@
-import { randomUUID } from 'node:crypto'
 import { mkdtemp, rm } from 'node:fs/promises'
 import { availableParallelism, tmpdir } from 'node:os'
 import { join } from 'node:path'
 import autocannon from 'autocannon'
-import { firstJsonLine, freePort, runNode, scratchDatabase, serverEnv } from './bench/harness.js'
+import { firstJsonLine, freePort, jsonClient, loadUser, runNode, scratchDatabase, serverEnv } from './bench/harness.js'
 
 // `npm run bench`: starts Keysmith on loopback in its own process, drives it with autocannon
 // from this one, measures the baselines in the same run, and prints a table and one final
@@ -13,7 +12,6 @@ const SECONDS = Number(process.env.BENCH_SECONDS ?? 4)
 const SOAK_SECONDS = Number(process.env.BENCH_SOAK_SECONDS ?? 60)
 const CONNECTIONS = Number(process.env.BENCH_CONNECTIONS ?? 32)
 const CORES = availableParallelism()
-const PASSWORD = 'correct horse battery staple'
 
 const median = (xs: number[]) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)]!
 const round = (x: number, digits = 0) => Number(x.toFixed(digits))
@@ -43,41 +41,8 @@ async function main() {
   try {
     const { rsPort } = await firstJsonLine(server)
     const rs = `http://127.0.0.1:${rsPort}`
-    const json = async (path: string, body?: unknown, headers: Record<string, string> = {}) => {
-      const res = await fetch(base + path, body === undefined
-        ? { headers }
-        : { method: 'POST', headers: { 'content-type': 'application/json', ...headers }, body: JSON.stringify(body) })
-      return { status: res.status, body: await res.json().catch(() => ({})) as Record<string, unknown> }
-    }
-    const email = `bench-${randomUUID()}@example.com`
-    await json('/auth/register', { email, password: PASSWORD })
-    const login = await json('/auth/login', { email, password: PASSWORD })
-    const accessToken = login.body.access_token as string
-    if (!accessToken) throw new Error(`bench login failed: ${JSON.stringify(login)}`)
-    const loginBody = JSON.stringify({ email, password: PASSWORD })
-
-    // Refresh chains: every response hands back the next token of its family, as a real
-    // client gets it; a shared pool carries it to whichever connection sends next.
-    // (autocannon resets per-connection context after each pass over `requests`.)
-    const tokens: string[] = []
-    const mintFamilies = async (n: number) => {
-      for (let i = 0; i < n; i += 8) {
-        await Promise.all(Array.from({ length: Math.min(8, n - i) }, async () => {
-          const r = await json('/oauth/token', { grant_type: 'password', username: email, password: PASSWORD })
-          tokens.push(r.body.refresh_token as string)
-        }))
-      }
-    }
-    const refreshRequest = {
-      method: 'POST' as const,
-      path: '/oauth/token',
-      headers: { 'content-type': 'application/json' },
-      setupRequest: (req: autocannon.Request) =>
-        ({ ...req, body: JSON.stringify({ grant_type: 'refresh_token', refresh_token: tokens.shift() }) }),
-      onResponse: (status: number, body: string) => {
-        if (status === 200) tokens.push((JSON.parse(body) as { refresh_token: string }).refresh_token)
-      }
-    }
+    const json = jsonClient(base)
+    const { accessToken, loginBody, tokens, mintFamilies, refreshRequest } = await loadUser(json, 'bench')
 
     // Warm-up: JIT, pools, the resource server's JWKS fetch.
     await cannon({ url: `${base}/bench/hello`, duration: 1 })

@@ -1,9 +1,8 @@
-import { randomUUID } from 'node:crypto'
 import { mkdtemp, rm } from 'node:fs/promises'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import autocannon from 'autocannon'
-import { firstJsonLine, freePort, runNode, scratchDatabase, serverEnv } from './bench/harness.js'
+import { firstJsonLine, freePort, jsonClient, loadUser, runNode, scratchDatabase, serverEnv } from './bench/harness.js'
 
 // `npm run load`: a bounded mixed load test. Starts Keysmith on loopback in its own process
 // (scripts/bench/server.ts, as `npm run bench` does), then drives login, the OAuth refresh
@@ -15,7 +14,6 @@ import { firstJsonLine, freePort, runNode, scratchDatabase, serverEnv } from './
 const MAX_SECONDS = 60
 const SECONDS = parseSeconds(process.env.LOAD_SECONDS)
 const WARMUP_SECONDS = 2
-const PASSWORD = 'correct horse battery staple'
 // Connections per endpoint: login is argon2-bound, so few; the rest share the event loop.
 const CONNECTIONS = { login: 2, refresh: 8, me: 8, jwks: 4 } as const
 
@@ -76,47 +74,10 @@ async function main() {
   let failed = false
   try {
     await firstJsonLine(server)
-    const json = async (path: string, body?: unknown) => {
-      const res = await fetch(base + path, body === undefined
-        ? {}
-        : { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify(body) })
-      return { status: res.status, body: await res.json().catch(() => ({})) as Record<string, unknown> }
-    }
+    const json = jsonClient(base)
     const rss = async () => (await json('/bench/stats?gc=1')).body.rss as number
-
-    const email = `load-${randomUUID()}@example.com`
-    const registered = await json('/auth/register', { email, password: PASSWORD })
-    if (registered.status !== 201) throw new Error(`register failed: ${JSON.stringify(registered)}`)
-    const login = await json('/auth/login', { email, password: PASSWORD })
-    const accessToken = login.body.access_token as string
-    if (!accessToken) throw new Error(`login failed: ${JSON.stringify(login)}`)
-    const loginBody = JSON.stringify({ email, password: PASSWORD })
-
-    // Refresh chains: every answer hands back the next token of its family; a shared pool
-    // carries it to whichever connection sends next (autocannon resets per-connection
-    // context after each pass over `requests`). The pool holds more tokens than there can
-    // be refreshes in flight, so no request ever goes out without one.
-    const tokens: string[] = []
-    const mintFamilies = async (n: number) => {
-      for (let i = 0; i < n; i += 4) {
-        await Promise.all(Array.from({ length: Math.min(4, n - i) }, async () => {
-          const r = await json('/oauth/token', { grant_type: 'password', username: email, password: PASSWORD })
-          if (r.status !== 200) throw new Error(`token failed: ${JSON.stringify(r)}`)
-          tokens.push(r.body.refresh_token as string)
-        }))
-      }
-    }
+    const { accessToken, loginBody, mintFamilies, refreshRequest } = await loadUser(json, 'load')
     await mintFamilies(CONNECTIONS.refresh + 8)
-    const refreshRequest = {
-      method: 'POST' as const,
-      path: '/oauth/token',
-      headers: { 'content-type': 'application/json' },
-      setupRequest: (req: autocannon.Request) =>
-        ({ ...req, body: JSON.stringify({ grant_type: 'refresh_token', refresh_token: tokens.shift() }) }),
-      onResponse: (status: number, body: string) => {
-        if (status === 200) tokens.push((JSON.parse(body) as { refresh_token: string }).refresh_token)
-      }
-    }
 
     const mixed = (seconds: number) => Promise.all([
       autocannon({ title: 'login', url: `${base}/auth/login`, method: 'POST', headers: { 'content-type': 'application/json' }, body: loginBody, connections: CONNECTIONS.login, duration: seconds }),

@@ -3,7 +3,7 @@ import { connect as tcpConnect, createServer, type Socket } from 'node:net'
 import { existsSync } from 'node:fs'
 import { join } from 'node:path'
 import { freshDatabase, REAL_POSTGRES, type TestEnv } from './helper.js'
-import { childEnv, eventually, freePort, lines, run, startServer } from './support.js'
+import { childEnv, connectOutcome, eventually, freePort, lines, run, startServer } from './support.js'
 
 // src/server.ts as an operator runs it: its own process, its own port, its own database.
 
@@ -14,13 +14,6 @@ function serverEnv(db: TestEnv, port: number) {
   return childEnv({ ...db, PORT: String(port), HOST: '127.0.0.1', LOG_LEVEL: 'info' })
 }
 
-function refused(port: number): Promise<string> {
-  return new Promise((resolve) => {
-    const socket = tcpConnect(port, '127.0.0.1')
-    socket.on('connect', () => { socket.destroy(); resolve('connected') })
-    socket.on('error', (err: NodeJS.ErrnoException) => resolve(err.code ?? err.message))
-  })
-}
 
 t.test('SIGTERM finishes the request in flight, exits 0 and releases port and database', async (t) => {
   const db = await freshDatabase(t)
@@ -54,7 +47,7 @@ t.test('SIGTERM finishes the request in flight, exits 0 and releases port and da
   const result = await server.exited
   t.equal(result.code, 0, 'exit code 0')
   t.equal(result.signal, null)
-  t.equal(await refused(port), 'ECONNREFUSED', 'the port no longer accepts connections')
+  t.equal(await connectOutcome(port), 'ECONNREFUSED', 'the port no longer accepts connections')
   t.notOk(existsSync(join(db.DATA_DIR, LOCK)), 'the embedded lock is removed')
   t.notOk(existsSync(join(db.DATA_DIR, SOCKET)), 'the embedded socket is removed')
 })

@@ -1,5 +1,5 @@
 import { spawn, type ChildProcess } from 'node:child_process'
-import { createServer, type AddressInfo } from 'node:net'
+import { connect, createServer, type AddressInfo } from 'node:net'
 import { fileURLToPath } from 'node:url'
 import { join } from 'node:path'
 import { setTimeout as sleep } from 'node:timers/promises'
@@ -109,4 +109,13 @@ export async function startServer(t: Test, env: NodeJS.ProcessEnv, port: number)
   const up = await eventually(async () => exited || (await fetch(`http://127.0.0.1:${port}/health`).then((r) => r.ok, () => false)), 90_000)
   if (exited || !up) throw new Error(`server did not come up: ${server.output().stderr}`)
   return server
+}
+
+// What a TCP connect to `port` on loopback meets: 'connected', or the error code (ECONNREFUSED).
+export function connectOutcome(port: number): Promise<string> {
+  return new Promise((resolve) => {
+    const socket = connect(port, '127.0.0.1')
+    socket.on('connect', () => { socket.destroy(); resolve('connected') })
+    socket.on('error', (err: NodeJS.ErrnoException) => resolve(err.code ?? err.message))
+  })
 }

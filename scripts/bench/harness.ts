@@ -1,12 +1,14 @@
 import { spawn, type ChildProcess } from 'node:child_process'
-import { randomBytes } from 'node:crypto'
+import { randomBytes, randomUUID } from 'node:crypto'
 import { createServer } from 'node:net'
 import { createInterface } from 'node:readline'
 import { join } from 'node:path'
 import pg from 'pg'
+import type autocannon from 'autocannon'
 
 // What `npm run bench` and `npm run load` share: a free loopback port, a child process
-// running a TypeScript script, its first JSON line, and a scratch database.
+// running a TypeScript script, its first JSON line, a scratch database, and a client with
+// a user and refresh chains to load the server with.
 export async function freePort(): Promise<number> {
   return new Promise((resolve, reject) => {
     const s = createServer().listen(0, '127.0.0.1', () => {
@@ -62,4 +64,52 @@ export function serverEnv(port: number, dir: string, databaseUrl: string | undef
   if (databaseUrl) env.DATABASE_URL = databaseUrl
   else delete env.DATABASE_URL
   return env
+}
+
+export type Json = (path: string, body?: unknown, headers?: Record<string, string>) =>
+  Promise<{ status: number; body: Record<string, unknown> }>
+
+export function jsonClient(base: string): Json {
+  return async (path, body, headers = {}) => {
+    const res = await fetch(base + path, body === undefined
+      ? { headers }
+      : { method: 'POST', headers: { 'content-type': 'application/json', ...headers }, body: JSON.stringify(body) })
+    return { status: res.status, body: await res.json().catch(() => ({})) as Record<string, unknown> }
+  }
+}
+
+// One registered, logged-in user to drive the load with, and a pool of refresh chains:
+// every answer hands back the next token of its family, and the shared pool carries it to
+// whichever connection sends next (autocannon resets per-connection context after each pass
+// over `requests`). Mint more families than refreshes can be in flight, so no request
+// ever goes out without a token.
+export async function loadUser(json: Json, prefix: string) {
+  const password = 'correct horse battery staple'
+  const email = `${prefix}-${randomUUID()}@example.com`
+  const registered = await json('/auth/register', { email, password })
+  if (registered.status !== 201) throw new Error(`register failed: ${JSON.stringify(registered)}`)
+  const login = await json('/auth/login', { email, password })
+  const accessToken = login.body.access_token as string
+  if (!accessToken) throw new Error(`login failed: ${JSON.stringify(login)}`)
+  const tokens: string[] = []
+  const mintFamilies = async (n: number) => {
+    for (let i = 0; i < n; i += 4) {
+      await Promise.all(Array.from({ length: Math.min(4, n - i) }, async () => {
+        const r = await json('/oauth/token', { grant_type: 'password', username: email, password })
+        if (r.status !== 200) throw new Error(`token failed: ${JSON.stringify(r)}`)
+        tokens.push(r.body.refresh_token as string)
+      }))
+    }
+  }
+  const refreshRequest = {
+    method: 'POST' as const,
+    path: '/oauth/token',
+    headers: { 'content-type': 'application/json' },
+    setupRequest: (req: autocannon.Request) =>
+      ({ ...req, body: JSON.stringify({ grant_type: 'refresh_token', refresh_token: tokens.shift() }) }),
+    onResponse: (status: number, body: string) => {
+      if (status === 200) tokens.push((JSON.parse(body) as { refresh_token: string }).refresh_token)
+    }
+  }
+  return { email, accessToken, loginBody: JSON.stringify({ email, password }), tokens, mintFamilies, refreshRequest }
 }

@@ -1,10 +1,10 @@
 import t from 'tap'
 import { randomUUID } from 'node:crypto'
-import { connect, createServer } from 'node:net'
+import { createServer } from 'node:net'
 import { freshDatabase, type TestApp } from '../helper.js'
 import { buildApp, login, refresh, register } from '../sessions-helper.js'
 import { loginRes, uniqueIp } from '../accounts-helper.js'
-import { childEnv, freePort, lines, run, startServer } from '../support.js'
+import { childEnv, connectOutcome, freePort, lines, run, startServer } from '../support.js'
 
 // Prometheus metrics: what the services count, the request histogram's labels, the key
 // gauges, and the separate listener src/server.ts opens on METRICS_PORT.
@@ -120,13 +120,6 @@ t.test('the key gauges read the keyring at scrape time', async (t) => {
   t.ok(later !== undefined && Math.abs(later - 86_400) < 60, `a day-old key is a day old (${later})`)
 })
 
-function connectResult(port: number): Promise<string> {
-  return new Promise((resolve) => {
-    const socket = connect(port, '127.0.0.1')
-    socket.on('connect', () => { socket.destroy(); resolve('connected') })
-    socket.on('error', (err: NodeJS.ErrnoException) => resolve(err.code ?? err.message))
-  })
-}
 
 
 t.test('the server serves /metrics on METRICS_PORT only, and closes it on SIGTERM', async (t) => {
@@ -151,7 +144,7 @@ t.test('the server serves /metrics on METRICS_PORT only, and closes it on SIGTER
   server.child.kill('SIGTERM')
   const result = await server.exited
   t.equal(result.code, 0)
-  t.equal(await connectResult(metricsPort), 'ECONNREFUSED', 'the metrics port is closed too')
+  t.equal(await connectOutcome(metricsPort), 'ECONNREFUSED', 'the metrics port is closed too')
 })
 
 t.test('a METRICS_PORT in use stops the server with one line naming it', async (t) => {
@@ -165,5 +158,5 @@ t.test('a METRICS_PORT in use stops the server with one line naming it', async (
   const stderr = lines(result.stderr)
   t.equal(stderr.length, 1, 'one line on stderr')
   t.match(stderr[0], /^keysmith: configuration error: METRICS_PORT: .*EADDRINUSE/)
-  t.equal(await connectResult(port), 'ECONNREFUSED', 'the public port never opened')
+  t.equal(await connectOutcome(port), 'ECONNREFUSED', 'the public port never opened')
 })
