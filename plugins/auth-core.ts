@@ -1,7 +1,7 @@
 import type { FastifyPluginAsync, FastifyReply, FastifyRequest } from 'fastify'
 import fp from 'fastify-plugin'
 import { PasswordHasher, type Argon2Params } from '../src/passwords.js'
-import { SessionEngine } from '../src/sessions/engine.js'
+import { ROTATION_LANE, SessionEngine } from '../src/sessions/engine.js'
 import { passwordLogin } from '../src/login.js'
 import { loginResultOf, refreshResultOf, type Metrics } from '../src/metrics.js'
 
@@ -30,7 +30,7 @@ const plugin: FastifyPluginAsync<AuthCoreOptions> = async (app, opts) => {
     refreshTtlSeconds: opts.refreshTokenTtl,
     maxAgeSeconds: opts.sessionMaxAge,
     now: opts.now,
-    preparedPool: app.database.mode === 'postgres' ? app.database.pool : undefined
+    rotationPool: app.database.lane('rotation', ROTATION_LANE)
   }))
   app.decorate('login', async (request: FastifyRequest, email: string, password: string) => {
     // Both surfaces call this; the route tells them apart without changing their code.

@@ -71,7 +71,8 @@ const plugin: FastifyPluginAsync<KeysOptions> = async (app, opts) => {
   }))
 
   // The reply is pre-serialized bytes: Fastify sends a Buffer as is, so the response
-  // schema documents it and never runs on it.
+  // schema documents it and never runs on it. A synchronous handler: the hottest route has
+  // nothing to await, so it costs no promise per request.
   app.get('/.well-known/jwks.json', {
     ...publicDocument,
     schema: {
@@ -80,11 +81,11 @@ const plugin: FastifyPluginAsync<KeysOptions> = async (app, opts) => {
       description: 'The `next`, `active` and not yet expired `retired` RS256 public keys. Cacheable (`Cache-Control: public, max-age=300`), with an `ETag`: `If-None-Match` gives `304`. Readable from any origin.',
       response: { 200: Jwks, 304: NoContent('Not Modified: the If-None-Match ETag still matches') }
     }
-  }, async (request, reply) => {
+  }, (request, reply) => {
     const { body, etag } = keyring.jwks
     reply.header('cache-control', JWKS_CACHE_CONTROL).header('etag', etag)
-    if (matchesEtag(request.headers['if-none-match'], etag)) return reply.code(304).send()
-    return reply.type('application/json').send(body)
+    if (matchesEtag(request.headers['if-none-match'], etag)) reply.code(304).send()
+    else reply.type('application/json').send(body)
   })
 
   const discovery = Buffer.from(JSON.stringify({
@@ -110,8 +111,9 @@ const plugin: FastifyPluginAsync<KeysOptions> = async (app, opts) => {
         description: 'Where the JWKS, token and revocation endpoints are, and what they support. Readable from any origin.',
         response: { 200: Discovery }
       }
-    }, async (_request, reply) =>
-      reply.header('cache-control', 'public, max-age=3600').type('application/json').send(discovery))
+    }, (_request, reply) => {
+      reply.header('cache-control', 'public, max-age=3600').type('application/json').send(discovery)
+    })
   }
 }
 

@@ -31,11 +31,20 @@ export interface UserRecord {
 // such users out of their own account.
 const byEmail = (email: string) => sql<boolean>`lower(email) = lower(${normalizeEmail(email)})`
 
+// No stored email holds NUL, and PostgreSQL refuses it as a parameter: no such user.
+const userByEmail = (db: Kysely<Database>, email: string) => email.includes('\0')
+  ? undefined
+  : db.selectFrom('users').select(['id', 'email', 'password_hash', 'disabled']).where(byEmail(email))
+
 export async function findUserByEmail(db: Kysely<Database>, email: string): Promise<UserRecord | undefined> {
-  // No stored email holds NUL, and PostgreSQL refuses it as a parameter: no such user.
-  if (email.includes('\0')) return undefined
-  return db.selectFrom('users').select(['id', 'email', 'password_hash', 'disabled'])
-    .where(byEmail(email)).executeTakeFirst()
+  return userByEmail(db, email)?.executeTakeFirst()
+}
+
+// What a login needs, in one round trip: the user and its roles.
+export async function findUserWithRoles(db: Kysely<Database>, email: string): Promise<(UserRecord & { roles: string[] }) | undefined> {
+  return userByEmail(db, email)
+    ?.select(sql<string[]>`array(select role from user_roles where user_id = users.id order by role)`.as('roles'))
+    .executeTakeFirst()
 }
 
 export async function findUserById(db: Kysely<Database>, id: string): Promise<UserRecord | undefined> {

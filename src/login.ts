@@ -2,7 +2,7 @@ import type { Kysely } from 'kysely'
 import type { Database } from './db/schema.js'
 import { audit, type AuditEvent } from './audit.js'
 import { errors } from './errors.js'
-import { findUserByEmail, normalizeEmail, rolesOf, setPasswordHash } from './accounts.js'
+import { findUserByEmail, findUserWithRoles, normalizeEmail, setPasswordHash } from './accounts.js'
 import { MAX_LENGTH, normalizePassword, type PasswordHasher } from './passwords.js'
 import type { LoginThrottle } from './throttle.js'
 
@@ -26,7 +26,8 @@ export class ThrottledError extends errors.Throttled {
 }
 
 // Password login shared by /auth/login and the OAuth password grant. Every failure looks
-// the same to the client; which check failed is only in the audit log.
+// the same to the client; which check failed is only in the audit log. Success is recorded
+// by the session it starts (SessionEngine.start), in the same statement.
 export async function passwordLogin(deps: LoginDeps, req: LoginRequest): Promise<{ userId: string; roles: string[] }> {
   // The throttle's key; the database folds case itself when it looks the user up.
   const email = normalizeEmail(req.email).toLowerCase()
@@ -44,7 +45,7 @@ export async function passwordLogin(deps: LoginDeps, req: LoginRequest): Promise
   }
   // Refused before hashing: an attacker must not make us hash megabytes.
   if ([...normalizePassword(req.password)].length > MAX_LENGTH) throw await fail(undefined, 'password_too_long')
-  const user = await findUserByEmail(deps.db, req.email)
+  const user = await findUserWithRoles(deps.db, req.email)
   if (!user) {
     await deps.passwords.verifyDummy(req.password)
     throw await fail(undefined, 'unknown_email')
@@ -59,6 +60,5 @@ export async function passwordLogin(deps: LoginDeps, req: LoginRequest): Promise
     await setPasswordHash(deps.db, user.id, await deps.passwords.hash(req.password), false)
   }
   await deps.throttle.success(email, req.ip)
-  await audit(deps.db, { type: 'login.success', userId: user.id, ...meta })
-  return { userId: user.id, roles: await rolesOf(deps.db, user.id) }
+  return { userId: user.id, roles: user.roles }
 }

@@ -101,14 +101,20 @@ export async function loadUser(json: Json, prefix: string) {
       }))
     }
   }
+  // The load generator shares the machine with the server, so it does no more than it must:
+  // a template body and a regular expression rather than JSON both ways.
+  const refreshToken = /"refresh_token":"([^"]+)"/
   const refreshRequest = {
     method: 'POST' as const,
     path: '/oauth/token',
     headers: { 'content-type': 'application/json' },
-    setupRequest: (req: autocannon.Request) =>
-      ({ ...req, body: JSON.stringify({ grant_type: 'refresh_token', refresh_token: tokens.shift() }) }),
+    setupRequest: (req: autocannon.Request) => {
+      req.body = `{"grant_type":"refresh_token","refresh_token":"${tokens.shift()}"}`
+      return req
+    },
     onResponse: (status: number, body: string) => {
-      if (status === 200) tokens.push((JSON.parse(body) as { refresh_token: string }).refresh_token)
+      const token = status === 200 ? refreshToken.exec(body)?.[1] : undefined
+      if (token) tokens.push(token)
     }
   }
   return { email, accessToken, loginBody: JSON.stringify({ email, password }), tokens, mintFamilies, refreshRequest }

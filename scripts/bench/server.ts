@@ -9,7 +9,7 @@ import { resourceServer } from '../../plugins/resource-server.js'
 // plugin over the remote, cached JWKS) with the same route with and without authenticate.
 const config = loadConfig(process.env)
 const app = await buildApp(config)
-const eld = monitorEventLoopDelay({ resolution: 1 })
+const eld = monitorEventLoopDelay({ resolution: 10 })
 eld.enable()
 app.get('/bench/hello', async () => ({ hello: 'world' }))
 // `?gc=1`: memory after a full collection (the server runs with --expose-gc), so that a

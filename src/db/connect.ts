@@ -11,6 +11,10 @@ export interface DatabaseHandle {
   // Real PostgreSQL only: a frozen or unreachable server then costs a request seconds, not
   // a hang. The embedded database lives in this process and cannot go away.
   setQueryTimeout(ms: number): void
+  // Real PostgreSQL only (undefined when embedded): a small pool of its own for one hot
+  // statement, whose connections start with `settings` (server parameters). One per name,
+  // closed with the handle.
+  lane(name: string, opts: { max: number; settings: Record<string, string> }): pg.Pool | undefined
   close(): Promise<void>
 }
 
@@ -27,21 +31,26 @@ export async function connect(opts: ConnectOptions): Promise<DatabaseHandle> {
   const log = opts.log ?? (() => {})
   const embedded = opts.databaseUrl ? undefined : await openEmbedded(opts.dataDir, log)
   const limit = { ms: 0 }
-  const pool = new pg.Pool({
-    Client: embedded ? pg.Client : boundedClient(limit),
-    ...(embedded
-      ? { host: embedded.socketDir, user: 'postgres', database: 'postgres' }
-      : { connectionString: opts.databaseUrl }),
-    max: opts.poolSize ?? 10,
-    // Fail fast when the database is away, so callers answer 503 instead of hanging.
-    connectionTimeoutMillis: 3000,
-    idleTimeoutMillis: 30_000
-  })
-  // A client losing its connection must not crash the process; the next query retries. The
-  // pool reports idle clients; a checked-out client's query fails with the error, but pg
-  // also emits it on the client, where nobody else listens: an unhandled 'error' event.
-  pool.on('error', (err) => log(`database pool error: ${err.message}`))
-  pool.on('connect', (client) => client.on('error', () => {}))
+  const newPool = (max: number, settings: Record<string, string> = {}) => {
+    const pool = new pg.Pool({
+      Client: embedded ? pg.Client : boundedClient(limit),
+      ...(embedded
+        ? { host: embedded.socketDir, user: 'postgres', database: 'postgres' }
+        : { connectionString: withSettings(opts.databaseUrl!, settings) }),
+      max,
+      // Fail fast when the database is away, so callers answer 503 instead of hanging.
+      connectionTimeoutMillis: 3000,
+      idleTimeoutMillis: 30_000
+    })
+    // A client losing its connection must not crash the process; the next query retries. The
+    // pool reports idle clients; a checked-out client's query fails with the error, but pg
+    // also emits it on the client, where nobody else listens: an unhandled 'error' event.
+    pool.on('error', (err) => log(`database pool error: ${err.message}`))
+    pool.on('connect', (client) => client.on('error', () => {}))
+    return pool
+  }
+  const pool = newPool(opts.poolSize ?? 10)
+  const lanes = new Map<string, pg.Pool>()
   const db = new Kysely<Database>({ dialect: new PostgresDialect({ pool }) })
   return {
     db,
@@ -50,11 +59,29 @@ export async function connect(opts: ConnectOptions): Promise<DatabaseHandle> {
     setQueryTimeout(ms) {
       limit.ms = ms
     },
+    lane(name, { max, settings }) {
+      if (embedded) return undefined
+      let lane = lanes.get(name)
+      if (!lane) lanes.set(name, lane = newPool(max, settings))
+      return lane
+    },
     async close() {
+      await Promise.all([...lanes.values()].map((lane) => lane.end()))
       await db.destroy()
       await embedded?.close()
     }
   }
+}
+
+// Server parameters for every connection, as the startup packet's `options` (no extra round
+// trip), added to any the URL already sets. pg lets the URL's `options` win over its config's.
+function withSettings(databaseUrl: string, settings: Record<string, string>): string {
+  const entries = Object.entries(settings)
+  if (entries.length === 0) return databaseUrl
+  const url = new URL(databaseUrl)
+  const own = entries.map(([k, v]) => `-c ${k}=${v}`).join(' ')
+  url.searchParams.set('options', [url.searchParams.get('options'), own].filter(Boolean).join(' '))
+  return url.toString()
 }
 
 // A client that gives each query the handle's current time limit (pg lets a query's own

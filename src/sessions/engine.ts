@@ -16,13 +16,26 @@ export interface SessionEngineOptions {
   refreshTtlSeconds: number
   maxAgeSeconds: number
   now?: () => number
-  // Real PostgreSQL only: run the rotation as a named prepared statement on this pool, so
-  // the server plans it once per connection instead of on every refresh. (The embedded
-  // database is one session behind many connections, where statement names would clash.)
-  preparedPool?: pg.Pool
+  // Real PostgreSQL only: a pool of ROTATION_LANE's connections, to run the rotation as a
+  // named prepared statement planned once per connection. (The embedded database is one
+  // session behind many connections, where statement names would clash.)
+  rotationPool?: pg.Pool
+}
+
+// At most this many rotation batches run at once (leaving the main pool to logins and reads),
+// each on a connection of its own. Those connections plan the rotation for index lookups
+// only: a prepared statement keeps the plan made when it was first run, and on a young
+// database the tables are then so small that sequential scans and hash joins win; as the
+// tables grow that plan costs a scan per batch. Measured: PostgreSQL's CPU per rotation
+// went from 0.13 ms to 0.40 ms within 100,000 rotations of a fresh database; with these
+// settings it stays at 0.05 ms.
+export const ROTATION_LANE = {
+  max: 4,
+  settings: { enable_seqscan: 'off', enable_hashjoin: 'off', enable_mergejoin: 'off' }
 }
 
 interface RotateRequest {
+  token: string
   hash: Buffer
   child: Buffer
   client: Client
@@ -67,9 +80,8 @@ export class SessionEngine {
     this.#opts = opts
     this.#rotations = new Batcher((requests) => this.#rotateBatch(requests), {
       maxBatch: 64,
-      // Leaves pool connections for logins and reads while refreshes pour in.
-      maxInFlight: 4,
-      key: (r) => r.hash.toString('hex'),
+      maxInFlight: ROTATION_LANE.max,
+      key: (r) => r.token,
       failsQueue: isDatabaseUnavailable
     })
   }
@@ -78,17 +90,22 @@ export class SessionEngine {
     return new Date(this.#opts.now?.() ?? Date.now())
   }
 
-  // A new family with its first token: one statement, one round trip.
+  // A new family with its first token, and the audit event that started it (`login.success`):
+  // one statement, one round trip, committed together.
   async start(userId: string, client: Client, meta: Meta = {}): Promise<{ familyId: string; refreshToken: string; expiresAt: Date }> {
     const now = this.now()
     const familyExpires = new Date(now.getTime() + this.#opts.maxAgeSeconds * 1000)
     const expiresAt = new Date(Math.min(familyExpires.getTime(), now.getTime() + this.#opts.refreshTtlSeconds * 1000))
     const { token, hash } = newRefreshToken()
+    const userAgent = meta.userAgent?.slice(0, 512) ?? null
     const r = await sql<{ family_id: string }>`
       with family as (
         insert into refresh_families (user_id, client, created_at, expires_at, last_used_at, ip, user_agent)
-        values (${userId}, ${client}, ${now}, ${familyExpires}, ${now}, ${meta.ip ?? null}, ${meta.userAgent?.slice(0, 512) ?? null})
+        values (${userId}, ${client}, ${now}, ${familyExpires}, ${now}, ${meta.ip ?? null}, ${userAgent})
         returning id
+      ), audited as (
+        insert into audit_events (type, user_id, ip, user_agent, details)
+        select 'login.success', ${userId}, ${meta.ip ?? null}, ${userAgent}, '{}'::jsonb from family
       )
       insert into refresh_tokens (token_hash, family_id, created_at, expires_at)
       select ${hash}, id, ${now}, ${expiresAt} from family
@@ -108,28 +125,43 @@ export class SessionEngine {
     const now = this.now()
     const hash = hashToken(token)
     const child = newRefreshToken()
-    const row = await this.#rotations.submit({ hash, child: child.hash, client, now, ip: meta.ip ?? null, userAgent: meta.userAgent?.slice(0, 512) ?? null })
+    const row = await this.#rotations.submit({ token, hash, child: child.hash, client, now, ip: meta.ip ?? null, userAgent: meta.userAgent?.slice(0, 512) ?? null })
     if (row) {
       return { ok: true, userId: row.user_id, familyId: row.family_id, roles: row.roles, refreshToken: child.token, expiresAt: row.expires_at }
     }
     return this.#refused(hash, client, now, graceSeconds, meta)
   }
 
+  // The lateral subqueries (`offset 0` keeps the planner from flattening them) fix the join
+  // order: each request finds its token by primary key, then the family by primary key. Left
+  // to itself, with statistics from when the tables were small, the planner would start
+  // from the user's families and try every request against each. ROTATION_LANE's settings
+  // keep scans and joins on indexes. The update re-checks `used_at is null` on the row it
+  // locks, so of two batches spending one token only the first does.
   async #rotateBatch(requests: RotateRequest[]): Promise<(RotatedRow | undefined)[]> {
     const column = <T>(pick: (r: RotateRequest) => T) => requests.map(pick)
-    const query = sql<RotatedRow & { hash: Buffer }>`
+    const query = sql<RotatedRow & { i: string }>`
       with req as (
         select * from unnest(${column((r) => r.hash)}::bytea[], ${column((r) => r.child)}::bytea[],
           ${column((r) => r.client)}::text[], ${column((r) => r.now)}::timestamptz[],
-          ${column((r) => r.ip)}::text[], ${column((r) => r.userAgent)}::text[]) as r(hash, child, client, now, ip, user_agent)
-      ), spent as (
-        update refresh_tokens t set used_at = r.now
-        from req r, refresh_families f, users u
-        where t.token_hash = r.hash and t.used_at is null and t.expires_at > r.now
-          and f.id = t.family_id and f.client = r.client and f.revoked_at is null and f.expires_at > r.now
-          and u.id = f.user_id and not u.disabled
-        returning r.hash, r.child, r.now, r.ip, r.user_agent, t.family_id, f.user_id,
+          ${column((r) => r.ip)}::text[], ${column((r) => r.userAgent)}::text[]) with ordinality as r(hash, child, client, now, ip, user_agent, i)
+      ), found as (
+        select r.i, r.hash, r.child, r.now, r.ip, r.user_agent, t.family_id, f.user_id,
           least(r.now + make_interval(secs => ${this.#opts.refreshTtlSeconds}), f.expires_at) as expires_at
+        from req r
+        cross join lateral (
+          select t.family_id from refresh_tokens t
+          where t.token_hash = r.hash and t.used_at is null and t.expires_at > r.now offset 0
+        ) t
+        cross join lateral (
+          select f.user_id, f.expires_at from refresh_families f join users u on u.id = f.user_id
+          where f.id = t.family_id and f.client = r.client and f.revoked_at is null and f.expires_at > r.now
+            and not u.disabled offset 0
+        ) f
+      ), spent as (
+        update refresh_tokens t set used_at = x.now from found x
+        where t.token_hash = x.hash and t.used_at is null
+        returning x.*
       ), issued as (
         insert into refresh_tokens (token_hash, family_id, created_at, expires_at)
         select child, family_id, now, expires_at from spent
@@ -139,11 +171,11 @@ export class SessionEngine {
         insert into audit_events (type, user_id, ip, user_agent, details)
         select 'refresh.rotated', user_id, ip, user_agent, jsonb_build_object('family_id', family_id) from spent
       )
-      select s.hash, s.family_id, s.user_id, s.expires_at,
+      select s.i, s.family_id, s.user_id, s.expires_at,
         array(select role from user_roles where user_id = s.user_id order by role) as roles
       from spent s`.compile(this.#db)
-    const execute = async () => this.#opts.preparedPool
-      ? (await this.#opts.preparedPool.query<RotatedRow & { hash: Buffer }>({ name: 'keysmith_rotate', text: query.sql, values: query.parameters as unknown[] })).rows
+    const execute = async () => this.#opts.rotationPool
+      ? (await this.#opts.rotationPool.query<RotatedRow & { i: string }>({ name: 'keysmith_rotate', text: query.sql, values: query.parameters as unknown[] })).rows
       : (await this.#db.executeQuery(query)).rows
     // Two batches (two instances) holding each other's contested rows is a deadlock the
     // server breaks by failing one statement; nothing was written, so running it again is safe.
@@ -151,8 +183,10 @@ export class SessionEngine {
       if ((err as { code?: string }).code === '40P01') return execute()
       throw err
     })
-    const byHash = new Map(rows.map((r) => [r.hash.toString('hex'), r]))
-    return requests.map((r) => byHash.get(r.hash.toString('hex')))
+    // Rows come back for the requests that rotated, each with its 1-based place in the batch.
+    const results = new Array<RotatedRow | undefined>(requests.length)
+    for (const row of rows) results[Number(row.i) - 1] = row
+    return results
   }
 
   async #refused(hash: Buffer, client: Client, now: Date, graceSeconds: number, meta: Meta): Promise<RotateResult> {

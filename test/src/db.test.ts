@@ -8,6 +8,7 @@ import pg from 'pg'
 import { build, freshDatabase, REAL_POSTGRES, sharedDatabase, type TestEnv } from '../helper.js'
 import { connect } from '../../src/db/connect.js'
 import { migrateToLatest } from '../../src/db/migrate.js'
+import { ROTATION_LANE } from '../../src/sessions/engine.js'
 import { childEnv, eventually, freePort, run } from '../support.js'
 import { answer, wire, WireClient } from '../pg-wire.js'
 
@@ -100,6 +101,27 @@ async function databaseProxy(t: Test, env: TestEnv) {
   url.port = String(port)
   return { url: url.toString(), up, down }
 }
+
+t.test("the refresh rotation's own connections plan for index lookups, on top of the URL's options", async (t) => {
+  const { env } = await sharedDatabase()
+  const url = env.DATABASE_URL ? new URL(env.DATABASE_URL) : undefined
+  url?.searchParams.set('options', '-c statement_timeout=12345')
+  const handle = await connect({ databaseUrl: url?.toString(), dataDir: env.DATA_DIR })
+  t.teardown(() => handle.close())
+  const lane = handle.lane('rotation', ROTATION_LANE)
+  if (!url) {
+    t.equal(lane, undefined, 'embedded: one session, no lanes')
+    return
+  }
+  const show = async (pool: pg.Pool, name: string) => (await pool.query(`show ${name}`)).rows[0][name]
+  for (const name of ['enable_seqscan', 'enable_hashjoin', 'enable_mergejoin']) {
+    t.equal(await show(lane!, name), 'off', `${name} on the rotation's connections`)
+    t.equal(await show(handle.pool, name), 'on', `${name} left alone on the main pool`)
+  }
+  t.equal(await show(lane!, 'statement_timeout'), '12345ms', "the URL's own options still apply")
+  t.equal(handle.lane('rotation', ROTATION_LANE), lane, 'one pool per name')
+  t.equal(lane!.options.max, ROTATION_LANE.max)
+})
 
 t.test('ready is 503 while the database is away, and 200 again once it is back', async (t) => {
   const { env } = await sharedDatabase()
