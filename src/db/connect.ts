@@ -23,13 +23,15 @@ export interface ConnectOptions {
   dataDir: string
   poolSize?: number
   log?: (msg: string) => void
+  // Embedded only: how often the owner vacuums and analyses (default MAINTENANCE_INTERVAL_MS).
+  maintenanceIntervalMs?: number
 }
 
 // One code path for both modes: kysely's PostgresDialect over a pg.Pool. Only where the pool
 // points differs: a real server, or the embedded server's unix socket in DATA_DIR.
 export async function connect(opts: ConnectOptions): Promise<DatabaseHandle> {
   const log = opts.log ?? (() => {})
-  const embedded = opts.databaseUrl ? undefined : await openEmbedded(opts.dataDir, log)
+  const embedded = opts.databaseUrl ? undefined : await openEmbedded(opts.dataDir, log, opts.maintenanceIntervalMs)
   const limit = { ms: 0 }
   const newPool = (max: number, settings: Record<string, string> = {}) => {
     const pool = new pg.Pool({

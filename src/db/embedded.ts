@@ -17,11 +17,18 @@ export interface EmbeddedHandle {
 }
 
 const SOCKET_NAME = '.s.PGSQL.5432'
+// PGlite runs no autovacuum, so the process that owns the database vacuums and analyses it
+// itself. Without that the planner keeps the statistics of a young database for good (each
+// new session's foreign-key check then reads the whole sessions table, say) and dead row
+// versions are never reclaimed. Every 10 minutes; on a large database a pass holds the one session
+// for a second or so.
+export const MAINTENANCE_INTERVAL_MS = 10 * 60_000
 // Lock files this process holds or is taking, so that two opens in one process wait for
 // each other instead of both opening the same data directory.
 const held = new Set<string>()
 
-export async function openEmbedded(dataDir: string, log: (msg: string) => void): Promise<EmbeddedHandle> {
+export async function openEmbedded(dataDir: string, log: (msg: string) => void,
+  maintenanceIntervalMs = MAINTENANCE_INTERVAL_MS): Promise<EmbeddedHandle> {
   const dir = resolve(dataDir)
   await mkdir(dir, { recursive: true, mode: 0o700 })
   const lockPath = join(dir, 'embedded.lock')
@@ -40,10 +47,16 @@ export async function openEmbedded(dataDir: string, log: (msg: string) => void):
     await rm(join(dir, SOCKET_NAME), { force: true })
     const server = await serveEmbedded(db, join(dir, SOCKET_NAME))
     log(`embedded PostgreSQL ready in ${Date.now() - started} ms (${dir})`)
+    let maintaining: Promise<void> | undefined
+    const timer = setInterval(() => {
+      maintaining ??= maintain(dir, log).finally(() => { maintaining = undefined })
+    }, maintenanceIntervalMs).unref()
     return {
       socketDir: dir,
       owner: true,
       async close() {
+        clearInterval(timer)
+        await maintaining
         await server.close()
         await db.close()
         await rm(join(dir, SOCKET_NAME), { force: true })
@@ -55,6 +68,21 @@ export async function openEmbedded(dataDir: string, log: (msg: string) => void):
     await rm(lockPath, { force: true })
     held.delete(lockPath)
     throw err
+  }
+}
+
+// Through the socket, like any client: it takes its turn, never inside another connection's
+// transaction.
+async function maintain(socketDir: string, log: (msg: string) => void): Promise<void> {
+  const client = new pg.Client({ host: socketDir, user: 'postgres', database: 'postgres' })
+  client.on('error', () => {})
+  try {
+    await client.connect()
+    await client.query('vacuum (analyze)')
+  } catch (err) {
+    log(`embedded database maintenance failed: ${(err as Error).message}`)
+  } finally {
+    await client.end().catch(() => {})
   }
 }
 

@@ -175,6 +175,33 @@ if (REAL_POSTGRES) t.test('rotations read tokens and families by primary key, ev
   t.equal(spent.rows[0]!.n, 16 * 20, 'every rotation spent its token')
 })
 
+// Embedded only: a real server runs its own autovacuum.
+if (!REAL_POSTGRES) t.test('the embedded database is vacuumed and analysed by its owner, between transactions', async (t) => {
+  const env = await freshDatabase(t)
+  const handle = await connect({ databaseUrl: undefined, dataDir: env.DATA_DIR, maintenanceIntervalMs: 150 })
+  t.teardown(() => handle.close())
+  await migrateToLatest(handle.db)
+  await sql`insert into denied_tokens (jti, expires_at) select g::text, now() from generate_series(1, 1000) g`.execute(handle.db)
+  await sql`delete from denied_tokens`.execute(handle.db)
+  // A transaction spanning several maintenance ticks: VACUUM must wait for its end, not
+  // run inside it (it would fail there) or between its statements.
+  await handle.db.transaction().execute(async (trx) => {
+    await sql`insert into denied_tokens (jti, expires_at) values ('kept', now())`.execute(trx)
+    await sql`select pg_sleep(0.5)`.execute(trx)
+  })
+  const stats = async () => (await sql<{ vacuumed: boolean; analysed: boolean; dead: number; live: number }>`
+    select last_vacuum is not null as vacuumed, last_analyze is not null as analysed,
+      n_dead_tup::int as dead, n_live_tup::int as live
+    from pg_stat_user_tables where relname = 'denied_tokens'`.execute(handle.db)).rows[0]
+  const done = await eventually(async () => {
+    const s = await stats()
+    return s?.vacuumed && s.analysed && s.dead === 0 ? s : undefined
+  }, 20_000)
+  t.same(done, { vacuumed: true, analysed: true, dead: 0, live: 1 }, 'dead rows reclaimed, statistics taken')
+  const kept = await sql<{ jti: string }>`select jti from denied_tokens`.execute(handle.db)
+  t.same(kept.rows, [{ jti: 'kept' }], 'the transaction committed whole')
+})
+
 t.test('ready is 503 while the database is away, and 200 again once it is back', async (t) => {
   const { env } = await sharedDatabase()
   const proxy = await databaseProxy(t, env)
