@@ -1,9 +1,10 @@
 import type { FastifyError } from 'fastify'
 import { Type, type FastifyPluginAsyncTypebox } from '@fastify/type-provider-typebox'
 import { ThrottledError } from '../src/login.js'
+import { errors } from '../src/errors.js'
 import { isDatabaseUnavailable } from '../src/db/unavailable.js'
 import { denyAccessToken } from '../src/sessions/deny-list.js'
-import { BODY_ERRORS, oauthErrorReplies } from './schemas.js'
+import { BODY_ERRORS, declaresOtherCharset, oauthErrorReplies } from './schemas.js'
 
 class OAuthError extends Error {
   constructor(readonly status: number, readonly error: string, readonly description: string) {
@@ -17,7 +18,8 @@ class OAuthError extends Error {
 // Not wrapped in fastify-plugin on purpose: the form parser and the RFC 6749 error shape
 // stay inside this scope.
 const oauth: FastifyPluginAsyncTypebox = async (app) => {
-  app.addContentTypeParser('application/x-www-form-urlencoded', { parseAs: 'string' }, (_request, body, done) => {
+  app.addContentTypeParser('application/x-www-form-urlencoded', { parseAs: 'string' }, (request, body, done) => {
+    if (declaresOtherCharset(request.headers['content-type'])) return done(new errors.UnsupportedCharset(), undefined)
     const params = new URLSearchParams(body as string)
     // RFC 6749 §3.2: parameters must not repeat. A Set, not `k in {}`: names such as
     // `constructor` are unrecognized parameters to ignore, not repeats.

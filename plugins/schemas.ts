@@ -16,6 +16,13 @@ const REASONS: Record<number, string> = {
   503: 'Database or signing key unavailable; retry after Retry-After seconds'
 }
 
+// JSON is UTF-8 (RFC 8259) and forms are read as UTF-8: a body that declares another charset
+// is refused (415) rather than decoded as something it says it is not.
+export function declaresOtherCharset(contentType: string | undefined): boolean {
+  const charset = /;\s*charset\s*=\s*"?([^";\s]*)/i.exec(contentType ?? '')?.[1]
+  return charset !== undefined && !/^utf-?8$/i.test(charset)
+}
+
 // The errors every body-accepting route can answer before its handler runs.
 export const BODY_ERRORS = [400, 413, 415] as const
 

@@ -1,6 +1,8 @@
 import Fastify, { type FastifyInstance } from 'fastify'
 import type { Config } from './config.js'
 import type { DatabaseHandle } from './db/connect.js'
+import { errors } from './errors.js'
+import { declaresOtherCharset } from '../plugins/schemas.js'
 import database from '../plugins/database.js'
 import errorHandling from '../plugins/errors.js'
 import securityHeaders from '../plugins/security-headers.js'
@@ -54,6 +56,7 @@ export async function buildApp(config: Config, options: BuildOptions = {}): Prom
   const parseJson = app.getDefaultJsonParser('error', 'error')
   app.removeContentTypeParser('application/json')
   app.addContentTypeParser('application/json', { parseAs: 'string' }, (request, body, done) => {
+    if (declaresOtherCharset(request.headers['content-type'])) return done(new errors.UnsupportedCharset(), undefined)
     if (body === '') return done(null, undefined)
     return parseJson(request, body as string, done)
   })

@@ -12,6 +12,7 @@ export const errors = {
   Unauthorized: createError('KEYSMITH_ERR_UNAUTHORIZED', 'Missing or invalid access token', 401),
   Forbidden: createError('KEYSMITH_ERR_FORBIDDEN', 'Insufficient permissions', 403),
   NotFound: createError('KEYSMITH_ERR_NOT_FOUND', 'Not found', 404),
+  UnsupportedCharset: createError('KEYSMITH_ERR_UNSUPPORTED_CHARSET', 'Unsupported Media Type: bodies must be UTF-8', 415),
   LastAdmin: createError('KEYSMITH_ERR_LAST_ADMIN', 'The last enabled admin cannot lose the admin role', 409),
   InvalidRefresh: createError('KEYSMITH_ERR_INVALID_REFRESH', 'Invalid or expired session', 401),
   RefreshRace: createError('KEYSMITH_ERR_REFRESH_RACE', 'Session was just refreshed, retry with the new cookie', 409),

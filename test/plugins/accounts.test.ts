@@ -98,6 +98,11 @@ t.test('register and login: 413 above 64 KiB, 415 for anything but JSON, 400 for
       t.same(res.json(), { statusCode: 415, error: 'Unsupported Media Type', message: 'Unsupported Media Type' })
     }
     t.equal((await a.inject({ method: 'POST', url, payload: '{"email":"a@b.co","password":"x"}' })).statusCode, 415, `${url} no content type`)
+    for (const type of ['application/json; charset=utf-16', 'application/json;charset="ISO-8859-1"']) {
+      const res = await a.inject({ method: 'POST', url, headers: { 'content-type': type }, payload: '\uFEFF{"email":"a@b.co","password":"x"}' })
+      t.equal(res.statusCode, 415, `${url} ${type}`)
+      t.same(res.json(), { statusCode: 415, error: 'Unsupported Media Type', message: 'Unsupported Media Type: bodies must be UTF-8' })
+    }
 
     for (const payload of ['{"email":', '', 'null', '[]', '"a@b.co"', '42', '{"email":"a@b.co"}', '{"password":"correct horse"}',
       '{"email":{"$ne":null},"password":"x"}', '{"email":"a@b.co","password":{"x":1}}', '{"email":"","password":"correct horse"}',

@@ -44,6 +44,24 @@ t.test('password grant, form-urlencoded and JSON: tokens in the body, no-store',
   t.same(fams.map((f) => f.client), ['oauth', 'oauth'], 'one family per grant')
 })
 
+t.test('a body declaring a charset other than UTF-8 is refused with 415, and starts no session', async (t) => {
+  const app = await buildApp(t)
+  const user = await register(app)
+  const params = new URLSearchParams({ grant_type: 'password', username: user.email, password: user.password }).toString()
+  const json = JSON.stringify({ grant_type: 'password', username: user.email, password: user.password })
+  for (const [type, payload] of [['application/x-www-form-urlencoded; charset=ebcdic', params], ['application/x-www-form-urlencoded;charset="latin1"', params],
+    ['application/json; charset=utf-16', json], ['application/json; charset=UTF-16LE', `\uFEFF${json}`]]) {
+    const res = await app.inject({ method: 'POST', url: '/oauth/token', headers: { 'content-type': type! }, payload })
+    t.equal(res.statusCode, 415, type)
+    t.match(res.json(), { error: 'invalid_request', error_description: /UTF-8/ }, type)
+  }
+  t.same(await familiesOf(app, user.id), [], 'nothing started')
+  for (const type of ['application/x-www-form-urlencoded; charset=UTF-8', 'application/x-www-form-urlencoded; charset="utf8"']) {
+    t.equal((await app.inject({ method: 'POST', url: '/oauth/token', headers: { 'content-type': type }, payload: params })).statusCode, 200, type)
+  }
+  t.equal((await app.inject({ method: 'POST', url: '/oauth/token', headers: { 'content-type': 'application/json; charset=utf-8' }, payload: json })).statusCode, 200)
+})
+
 t.test('bad credentials → 400 invalid_grant, whatever was wrong', async (t) => {
   const app = await buildApp(t)
   const user = await register(app)
