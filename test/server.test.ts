@@ -78,3 +78,57 @@ t.test('a database that does not answer stops the server with one line', async (
   t.equal(stderr.length, 1, 'one line on stderr')
   t.match(stderr[0], /ECONNREFUSED/)
 })
+
+t.test('at LOG_LEVEL=trace every request is logged, and no password, token or cookie is', async (t) => {
+  const db = await freshDatabase(t)
+  const port = await freePort()
+  const base = `http://127.0.0.1:${port}`
+  const server = await startServer(t, childEnv({ ...db, PORT: String(port), HOST: '127.0.0.1', ISSUER: base, LOG_LEVEL: 'trace' }), port)
+  const secrets: string[] = []
+  const call = async (method: string, path: string, init: { json?: unknown; form?: Record<string, string>; headers?: Record<string, string> } = {}) => {
+    const headers: Record<string, string> = { ...init.headers }
+    let body: string | undefined
+    if (init.json !== undefined) [headers['content-type'], body] = ['application/json', JSON.stringify(init.json)]
+    if (init.form) [headers['content-type'], body] = ['application/x-www-form-urlencoded', new URLSearchParams(init.form).toString()]
+    const res = await fetch(base + path, { method, headers, body })
+    const text = await res.text()
+    const json = text.startsWith('{') ? JSON.parse(text) as Record<string, string> : {}
+    for (const key of ['access_token', 'refresh_token']) if (json[key]) secrets.push(json[key])
+    const cookie = /keysmith_refresh=([^;]+)/.exec(res.headers.get('set-cookie') ?? '')?.[1]
+    if (cookie) secrets.push(cookie)
+    return { status: res.status, json, cookie }
+  }
+  const email = `logs-${Date.now()}@example.com`
+  const [password, newPassword, wrongPassword] = ['first secret passphrase', 'second secret passphrase', 'wrong secret passphrase']
+  secrets.push(password, newPassword, wrongPassword)
+  const origin = { origin: base }
+
+  t.equal((await call('POST', '/auth/register', { json: { email, password } })).status, 201)
+  const login = await call('POST', '/auth/login', { json: { email, password }, headers: origin })
+  t.equal(login.status, 200)
+  const refreshed = await call('POST', '/auth/refresh', { headers: { ...origin, cookie: `keysmith_refresh=${login.cookie}` } })
+  t.equal(refreshed.status, 200)
+  t.equal((await call('GET', '/auth/me', { headers: { authorization: `Bearer ${refreshed.json.access_token}` } })).status, 200)
+  t.equal((await call('POST', '/auth/password', {
+    json: { current_password: password, new_password: newPassword },
+    headers: { ...origin, authorization: `Bearer ${refreshed.json.access_token}`, cookie: `keysmith_refresh=${refreshed.cookie}` }
+  })).status, 204)
+  t.equal((await call('POST', '/auth/login', { json: { email, password: wrongPassword } })).status, 401)
+  const granted = await call('POST', '/oauth/token', { form: { grant_type: 'password', username: email, password: newPassword } })
+  t.equal(granted.status, 200)
+  const rotated = await call('POST', '/oauth/token', { form: { grant_type: 'refresh_token', refresh_token: granted.json.refresh_token! } })
+  t.equal(rotated.status, 200)
+  t.equal((await call('POST', '/oauth/token', { form: { grant_type: 'refresh_token', refresh_token: granted.json.refresh_token! } })).status, 400, 'a replay')
+  t.equal((await call('POST', '/oauth/revoke', { form: { token: rotated.json.access_token! } })).status, 200)
+
+  server.child.kill('SIGTERM')
+  t.equal((await server.exited).code, 0)
+  const { stdout, stderr } = server.output()
+  const requests = lines(stdout).filter((l) => l.includes('"incoming request"'))
+  t.ok(requests.length >= 10, `every request was logged (${requests.length} lines)`)
+  t.ok(lines(stdout).some((l) => l.includes('"request completed"') && l.includes('"reqId"')), 'with its request id')
+  t.equal(secrets.length, 11, 'three passwords, four access tokens, two refresh tokens, two cookies')
+  for (const secret of secrets) {
+    t.notOk(stdout.includes(secret) || stderr.includes(secret), `never logged: ${secret.slice(0, 12)}…`)
+  }
+})
