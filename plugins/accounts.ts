@@ -78,15 +78,17 @@ const plugin: FastifyPluginAsyncTypebox<AccountsOptions> = async (app, opts) => 
     // Guesses at the current password count, and are throttled, as failed logins are: a
     // stolen access token must not become an unthrottled password oracle.
     const throttleKey = normalizeEmail(user.email).toLowerCase()
-    const wait = await app.loginThrottle.retryAfter(throttleKey, request.ip)
-    if (wait > 0) {
-      reply.header('retry-after', String(wait))
-      throw new ThrottledError(wait)
-    }
-    if (!(await app.passwords.verify(user.password_hash, request.body.current_password))) {
-      await app.loginThrottle.failure(throttleKey, request.ip)
-      throw new errors.InvalidCredentials()
-    }
+    await app.loginThrottle.admit(throttleKey, request.ip, async () => {
+      const wait = await app.loginThrottle.retryAfter(throttleKey, request.ip)
+      if (wait > 0) {
+        reply.header('retry-after', String(wait))
+        throw new ThrottledError(wait)
+      }
+      if (!(await app.passwords.verify(user.password_hash, request.body.current_password))) {
+        await app.loginThrottle.failure(throttleKey, request.ip)
+        throw new errors.InvalidCredentials()
+      }
+    })
     const password = checkPasswordPolicy(request.body.new_password)
     await setPasswordHash(app.db, user.id, await app.passwords.hash(password), true)
     // The session doing the change survives (when we can tell which it is); all others end.

@@ -31,6 +31,10 @@ export class ThrottledError extends errors.Throttled {
 export async function passwordLogin(deps: LoginDeps, req: LoginRequest): Promise<{ userId: string; roles: string[] }> {
   // The throttle's key; the database folds case itself when it looks the user up.
   const email = normalizeEmail(req.email).toLowerCase()
+  return deps.throttle.admit(email, req.ip, () => attempt(deps, req, email))
+}
+
+async function attempt(deps: LoginDeps, req: LoginRequest, email: string): Promise<{ userId: string; roles: string[] }> {
   const meta: Pick<AuditEvent, 'ip' | 'userAgent'> = { ip: req.ip, userAgent: req.userAgent }
   const wait = await deps.throttle.retryAfter(email, req.ip)
   if (wait > 0) {

@@ -45,17 +45,12 @@ export class MemoryThrottleStore implements ThrottleStore {
   }
 
   async get(key: string) {
-    const e = this.#entries.get(key)
-    if (!e) return undefined
-    if (e.expires <= this.#now()) {
-      this.#entries.delete(key)
-      return undefined
-    }
-    return { failures: e.failures, lockedUntil: e.lockedUntil }
+    return this.#read(key)
   }
 
+  // Read and write in one turn of the event loop: concurrent failures all count.
   async fail(key: string, rule: ThrottleRule, now: number) {
-    const failures = ((await this.get(key))?.failures ?? 0) + 1
+    const failures = (this.#read(key)?.failures ?? 0) + 1
     const lock = lockFor(failures, rule)
     const state = { failures, lockedUntil: lock ? now + lock : 0 }
     this.#entries.set(key, { ...state, expires: now + IDLE_TTL_SECONDS * 1000 })
@@ -65,6 +60,16 @@ export class MemoryThrottleStore implements ThrottleStore {
 
   async reset(key: string) {
     this.#entries.delete(key)
+  }
+
+  #read(key: string): ThrottleState | undefined {
+    const e = this.#entries.get(key)
+    if (!e) return undefined
+    if (e.expires <= this.#now()) {
+      this.#entries.delete(key)
+      return undefined
+    }
+    return { failures: e.failures, lockedUntil: e.lockedUntil }
   }
 
   #sweep() {
@@ -144,6 +149,8 @@ export class FallbackThrottleStore implements ThrottleStore {
 export class LoginThrottle {
   readonly #store: ThrottleStore
   readonly #now: () => number
+  // Attempts in flight on this instance, per account+address (see `admit`).
+  readonly #lanes = new Map<string, Lane>()
 
   constructor(store: ThrottleStore, now: () => number = Date.now) {
     this.#store = store
@@ -154,10 +161,44 @@ export class LoginThrottle {
     return { pair: `a:${email}|${ip}`, account: `a:${email}` }
   }
 
+  // Runs `attempt` (check, verify, record) once the guesses in flight on this instance, with
+  // the failures already counted, leave room for one more free failure; past the free ones,
+  // one at a time. Checked and recorded apart, a burst of guesses sent at once would all pass
+  // the check before the first failure was counted. Honest logins that arrive together run
+  // side by side (up to the free count) and otherwise queue for a moment. Across instances
+  // a burst gains at most the attempts in flight on the other instances.
+  async admit<T>(email: string, ip: string, attempt: () => Promise<T>): Promise<T> {
+    const key = this.#keys(email, ip).pair
+    let lane = this.#lanes.get(key)
+    if (!lane) this.#lanes.set(key, lane = { failures: undefined, inFlight: 0, waiting: [] })
+    // Until the first check has read the count, one at a time.
+    while (lane.inFlight > 0 && (lane.failures ?? RULES.accountAddress.free) + lane.inFlight >= RULES.accountAddress.free) {
+      await new Promise<void>((resolve) => lane!.waiting.push(resolve))
+    }
+    lane.inFlight++
+    try {
+      return await attempt()
+    } finally {
+      lane.inFlight--
+      if (lane.inFlight === 0 && lane.waiting.length === 0) this.#lanes.delete(key)
+      else wake(lane)
+    }
+  }
+
+  // What this instance knows of an account+address's failures, for `admit`. Only a success
+  // lowers it: a read that set out before a failure was recorded may come back after it.
+  #counted(pair: string, failures: number, reset = false) {
+    const lane = this.#lanes.get(pair)
+    if (!lane) return
+    lane.failures = reset || lane.failures === undefined ? failures : Math.max(lane.failures, failures)
+    wake(lane)
+  }
+
   // Seconds to wait before another attempt, or 0.
   async retryAfter(email: string, ip: string): Promise<number> {
     const { pair, account } = this.#keys(email, ip)
     const [a, b] = await Promise.all([this.#store.get(pair), this.#store.get(account)])
+    this.#counted(pair, a?.failures ?? 0)
     const until = Math.max(a?.lockedUntil ?? 0, b?.lockedUntil ?? 0)
     const wait = until - this.#now()
     return wait > 0 ? Math.ceil(wait / 1000) : 0
@@ -166,13 +207,27 @@ export class LoginThrottle {
   async failure(email: string, ip: string): Promise<void> {
     const { pair, account } = this.#keys(email, ip)
     const now = this.#now()
-    await Promise.all([
+    const [state] = await Promise.all([
       this.#store.fail(pair, RULES.accountAddress, now),
       this.#store.fail(account, RULES.account, now)
     ])
+    this.#counted(pair, state.failures)
   }
 
   async success(email: string, ip: string): Promise<void> {
-    await this.#store.reset(this.#keys(email, ip).pair)
+    const { pair } = this.#keys(email, ip)
+    await this.#store.reset(pair)
+    this.#counted(pair, 0, true)
   }
+}
+
+interface Lane {
+  failures: number | undefined
+  inFlight: number
+  waiting: (() => void)[]
+}
+
+// Every waiter checks again whether there is room for it.
+function wake(lane: Lane): void {
+  for (const resolve of lane.waiting.splice(0)) resolve()
 }

@@ -126,3 +126,14 @@ t.test('guesses at the current password are throttled like failed logins', async
   clock.advance(1)
   t.equal((await changePassword(a, access, { current_password: PASSWORD, new_password: NEW_PASSWORD }, { ip })).statusCode, 204)
 })
+
+t.test('guesses at the current password sent all at once get no more than the 5 free ones', async (t) => {
+  const a = await app(t)
+  const user = await register(a)
+  const access = await accessToken(a, user.email, PASSWORD)
+  const ip = uniqueIp()
+  const burst = await Promise.all(Array.from({ length: 12 }, (_, i) =>
+    changePassword(a, access, { current_password: `burst guess ${i}`, new_password: NEW_PASSWORD }, { ip })))
+  t.same(burst.map((r) => r.statusCode).sort(), [...Array(5).fill(401), ...Array(7).fill(429)])
+  t.equal((await loginRes(a, user.email, PASSWORD, { ip })).statusCode, 429, 'and login at that address waits too')
+})

@@ -135,3 +135,20 @@ t.test('with REDIS_URL two instances share the throttle', async (t) => {
   for (let i = 1; i <= 5; i++) t.equal((await loginRes(one, user.email, 'wrong', { ip })).statusCode, 401)
   t.equal((await loginRes(two, user.email, PASSWORD, { ip })).statusCode, 429)
 })
+
+t.test('guesses sent all at once get no more than the 5 free ones', async (t) => {
+  const clock = testClock()
+  const a = await app(t, clock)
+  const user = await register(a)
+  const ip = uniqueIp()
+  const userAgent = `burst-test/${ip}`
+  // Without care each of these would pass the check before any had been counted.
+  const burst = await Promise.all(Array.from({ length: 12 }, (_, i) => loginRes(a, user.email, `burst guess ${i}`, { ip, userAgent })))
+  t.same(burst.map((r) => r.statusCode).sort(), [...Array(5).fill(401), ...Array(7).fill(429)])
+  const failures = (await auditOf(a, { userAgent })).filter((r) => r.type === 'login.failure')
+  t.equal(failures.length, 5, 'five guesses were judged')
+  // Concurrent logins with the right password all succeed.
+  const other = uniqueIp()
+  const logins = await Promise.all(Array.from({ length: 4 }, () => loginRes(a, user.email, PASSWORD, { ip: other })))
+  t.same(logins.map((r) => r.statusCode), [200, 200, 200, 200])
+})

@@ -146,3 +146,45 @@ t.test('fallback: while Redis fails, counting goes on in memory and the error is
   t.ok(errors.length > 0)
   t.match(errors[0], { message: 'redis down' })
 })
+
+t.test('admit: a burst of guesses gets the free failures that are left, and no more', async (t) => {
+  const throttle = new LoginThrottle(new MemoryThrottleStore())
+  const email = `${randomUUID()}@example.com`
+  for (let i = 0; i < 3; i++) await throttle.failure(email, '10.0.0.1')
+  const guess = () => throttle.admit(email, '10.0.0.1', async () => {
+    if (await throttle.retryAfter(email, '10.0.0.1') > 0) return 'throttled'
+    await new Promise((r) => setTimeout(r, 5)) // the hash
+    await throttle.failure(email, '10.0.0.1')
+    return 'judged'
+  })
+  const outcomes = await Promise.all(Array.from({ length: 8 }, guess))
+  t.same(outcomes.filter((o) => o === 'judged').length, 2)
+  t.same(outcomes.filter((o) => o === 'throttled').length, 6)
+  t.equal(await throttle.admit(email, '10.0.0.2', async () => throttle.retryAfter(email, '10.0.0.2')), 0, 'another address is not held up')
+})
+
+t.test('admit: honest attempts run side by side up to the free count; one that throws frees its place', async (t) => {
+  const throttle = new LoginThrottle(new MemoryThrottleStore())
+  const email = `${randomUUID()}@example.com`
+  let running = 0
+  let most = 0
+  const login = (i: number) => throttle.admit(email, '10.0.0.1', async () => {
+    if (await throttle.retryAfter(email, '10.0.0.1') > 0) return 'throttled'
+    most = Math.max(most, ++running)
+    await new Promise((r) => setTimeout(r, 5))
+    running--
+    if (i % 3 === 0) throw new Error('the database went away')
+    await throttle.success(email, '10.0.0.1')
+    return 'in'
+  })
+  const outcomes = await Promise.allSettled(Array.from({ length: 12 }, (_, i) => login(i)))
+  t.equal(outcomes.filter((o) => o.status === 'fulfilled' && o.value === 'in').length, 8)
+  t.equal(outcomes.filter((o) => o.status === 'rejected').length, 4)
+  t.equal(most, RULES.accountAddress.free, 'at most the free count at once')
+})
+
+t.test('memory: failures recorded at the same moment all count', async (t) => {
+  const store = new MemoryThrottleStore()
+  await Promise.all(Array.from({ length: 7 }, () => store.fail('k', RULES.account, Date.now())))
+  t.equal((await store.get('k'))?.failures, 7)
+})
