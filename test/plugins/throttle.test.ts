@@ -145,6 +145,10 @@ t.test('guesses sent all at once get no more than the 5 free ones', async (t) =>
   // Without care each of these would pass the check before any had been counted.
   const burst = await Promise.all(Array.from({ length: 12 }, (_, i) => loginRes(a, user.email, `burst guess ${i}`, { ip, userAgent })))
   t.same(burst.map((r) => r.statusCode).sort(), [...Array(5).fill(401), ...Array(7).fill(429)])
+  for (const res of burst.filter((r) => r.statusCode === 429)) {
+    t.equal(res.headers['retry-after'], '1')
+    t.same(res.json(), THROTTLED)
+  }
   const failures = (await auditOf(a, { userAgent })).filter((r) => r.type === 'login.failure')
   t.equal(failures.length, 5, 'five guesses were judged')
   // Concurrent logins with the right password all succeed.
