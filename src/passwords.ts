@@ -1,3 +1,4 @@
+import { availableParallelism } from 'node:os'
 import argon2 from 'argon2'
 import { dictionary } from '@zxcvbn-ts/language-common'
 import { errors } from './errors.js'
@@ -38,22 +39,63 @@ export function checkPasswordPolicy(password: string): string {
   return normalized
 }
 
+// libuv's own reading of UV_THREADPOOL_SIZE: unset is 4; otherwise atoi's value within 1..1024.
+export function threadPoolSize(value = process.env.UV_THREADPOOL_SIZE): number {
+  if (value === undefined) return 4
+  return Math.min(1024, Math.max(1, Number.parseInt(value, 10) || 0))
+}
+
+// How many hashes may run at once: one per core and one more, ready to take over a core as
+// soon as a hash ends; and never every thread of libuv's pool, so that RSA signing (every
+// token) and the pool's other users always find a thread free however many logins are
+// queued. A hash holds its thread for its whole run (~25 ms).
+export function hashingSlots(poolSize = threadPoolSize(), cores = availableParallelism()): number {
+  return Math.max(1, Math.min(cores + 1, poolSize - 1))
+}
+
+// Hashes beyond the slots wait their turn here, in arrival order, instead of in libuv's queue
+// where every signature queued after them would wait too.
+class Slots {
+  #free: number
+  readonly #waiting: (() => void)[] = []
+
+  constructor(size: number) {
+    this.#free = size
+  }
+
+  async run<T>(work: () => Promise<T>): Promise<T> {
+    if (this.#free > 0) this.#free--
+    else await new Promise<void>((resolve) => this.#waiting.push(resolve))
+    try {
+      return await work()
+    } finally {
+      const next = this.#waiting.shift()
+      if (next) next()
+      else this.#free++
+    }
+  }
+}
+
 export class PasswordHasher {
   readonly #params: Argon2Params
+  readonly #slots: Slots
   #dummy: Promise<string> | undefined
 
-  constructor(params: Argon2Params) {
+  constructor(params: Argon2Params, slots = hashingSlots()) {
     this.#params = params
+    this.#slots = new Slots(slots)
   }
 
   hash(password: string): Promise<string> {
-    return argon2.hash(normalizePassword(password), { type: argon2.argon2id, ...this.#params })
+    const normalized = normalizePassword(password)
+    return this.#slots.run(() => argon2.hash(normalized, { type: argon2.argon2id, ...this.#params }))
   }
 
   // A malformed stored hash counts as a mismatch, never as an error the client sees.
   async verify(hash: string, password: string): Promise<boolean> {
+    const normalized = normalizePassword(password)
     try {
-      return await argon2.verify(hash, normalizePassword(password))
+      return await this.#slots.run(() => argon2.verify(hash, normalized))
     } catch {
       return false
     }

@@ -39,6 +39,7 @@ t.test('npm run build compiles to dist/ with typings for every export', async (t
     t.ok(await exists(join(ROOT, target.default)), `${name}: ${target.default}`)
   }
   t.ok(await exists(join(ROOT, 'dist/migrations')), 'the migrations are compiled beside the code that runs them')
+  t.ok(await exists(join(ROOT, 'dist/src/threadpool.cjs')), 'and the thread-pool preload the image starts with')
 
   // What `npm pack` / `npm publish` would ship: dist/ is git-ignored, so without `files`
   // the package would hold none of what `exports` points at.
@@ -49,6 +50,7 @@ t.test('npm run build compiles to dist/ with typings for every export', async (t
     t.ok(packed.has(target.replace(/^\.\//, '')), `the package ships ${target}`)
   }
   t.ok([...packed].some((p) => /^dist\/migrations\/[^/]+\.js$/.test(p)), 'and the migrations')
+  t.ok(packed.has('dist/src/threadpool.cjs'), 'and the thread-pool preload')
   t.notOk([...packed].some((p) => p.startsWith('test/') || p.startsWith('keys/') || p.startsWith('data/')), 'but no tests, keys or data')
 })
 

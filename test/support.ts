@@ -41,12 +41,17 @@ export interface Child {
 
 export interface StartOptions {
   // `node --import tsx <file>` by default: one process, so signals reach Keysmith itself.
-  // 'tsx-cli' runs the file the way `npm start` and `npm run keys` do.
+  // 'tsx-cli' runs the file the way `npm start` and `npm run keys` do. Both size the thread
+  // pool as `npm start` does.
   via?: 'node' | 'tsx-cli'
 }
 
+export const THREADPOOL = join(ROOT, 'src/threadpool.cjs')
+
 export function start(file: string, args: string[], env: NodeJS.ProcessEnv, opts: StartOptions = {}): Child {
-  const argv = opts.via === 'tsx-cli' ? [join(ROOT, 'node_modules/tsx/dist/cli.mjs'), file, ...args] : ['--import', 'tsx', file, ...args]
+  const argv = opts.via === 'tsx-cli'
+    ? [join(ROOT, 'node_modules/tsx/dist/cli.mjs'), '--require', THREADPOOL, file, ...args]
+    : ['--require', THREADPOOL, '--import', 'tsx', file, ...args]
   const child = spawn(process.execPath, argv, { cwd: ROOT, env, stdio: ['ignore', 'pipe', 'pipe'] })
   let stdout = ''
   let stderr = ''

@@ -18,8 +18,10 @@ export async function freePort(): Promise<number> {
   })
 }
 
+// With the thread pool sized as `npm start` sizes it (src/threadpool.cjs), so that the server
+// and the baselines measured beside it have the same threads.
 export function runNode(script: string, args: string[], env: NodeJS.ProcessEnv, nodeArgs: string[] = []): ChildProcess {
-  return spawn(process.execPath, [...nodeArgs, '--import', 'tsx', script, ...args], { env, stdio: ['ignore', 'pipe', 'inherit'] })
+  return spawn(process.execPath, [...nodeArgs, '--require', './src/threadpool.cjs', '--import', 'tsx', script, ...args], { env, stdio: ['ignore', 'pipe', 'inherit'] })
 }
 
 export async function firstJsonLine(child: ChildProcess): Promise<Record<string, number>> {
