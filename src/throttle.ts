@@ -149,7 +149,7 @@ export class FallbackThrottleStore implements ThrottleStore {
 export class LoginThrottle {
   readonly #store: ThrottleStore
   readonly #now: () => number
-  // Attempts in flight on this instance, per account+address (see `admit`).
+  // Attempts in flight on this instance, per account+address and per account (see `admit`).
   readonly #lanes = new Map<string, Lane>()
 
   constructor(store: ThrottleStore, now: () => number = Date.now) {
@@ -157,38 +157,55 @@ export class LoginThrottle {
     this.#now = now
   }
 
+  // The two kinds never share a key: an email may hold '|' (a@b.c|10.0.0.1), an address never
+  // does. Had an account's key been able to equal another's account+address key, failures
+  // of a made-up email would count against that account from that address, under the
+  // stricter rule.
   #keys(email: string, ip: string) {
-    return { pair: `a:${email}|${ip}`, account: `a:${email}` }
+    return { pair: `p:${ip}|${email}`, account: `a:${email}` }
   }
 
   // Runs `attempt` (check, verify, record) once the guesses in flight on this instance, with
-  // the failures already counted, leave room for one more free failure; past the free ones,
-  // one at a time. Checked and recorded apart, a burst of guesses sent at once would all pass
-  // the check before the first failure was counted. Honest logins that arrive together run
-  // side by side (up to the free count) and otherwise queue for a moment. Across instances
-  // a burst gains at most the attempts in flight on the other instances.
+  // the failures already counted, leave room for one more free failure, under both rules:
+  // per account+address, and per account across addresses; past the free ones, one at a
+  // time. Checked and recorded apart, a burst of guesses sent at once (from one address or
+  // from many) would all pass the check before the first failure was counted. Honest logins
+  // that arrive together run side by side (up to the free count) and otherwise queue for a
+  // moment. Across instances a burst gains at most the attempts in flight on the others.
   async admit<T>(email: string, ip: string, attempt: () => Promise<T>): Promise<T> {
-    const key = this.#keys(email, ip).pair
-    let lane = this.#lanes.get(key)
-    if (!lane) this.#lanes.set(key, lane = { failures: undefined, inFlight: 0, waiting: [] })
-    // Until the first check has read the count, one at a time.
-    while (lane.inFlight > 0 && (lane.failures ?? RULES.accountAddress.free) + lane.inFlight >= RULES.accountAddress.free) {
-      await new Promise<void>((resolve) => lane!.waiting.push(resolve))
+    const { pair, account } = this.#keys(email, ip)
+    const keys = [[pair, RULES.accountAddress], [account, RULES.account]] as const
+    // Looked up afresh after every wait: a lane that went idle meanwhile left the map, and
+    // counting on the old one would split its key's limit in two.
+    for (;;) {
+      const lanes = keys.map(([key, rule]) => this.#lane(key, rule))
+      const full = lanes.find(isFull)
+      if (!full) break
+      await new Promise<void>((resolve) => full.waiting.push(resolve))
     }
-    lane.inFlight++
+    for (const [key] of keys) this.#lanes.get(key)!.inFlight++
     try {
       return await attempt()
     } finally {
-      lane.inFlight--
-      if (lane.inFlight === 0 && lane.waiting.length === 0) this.#lanes.delete(key)
-      else wake(lane)
+      for (const [key] of keys) {
+        const lane = this.#lanes.get(key)!
+        lane.inFlight--
+        if (lane.inFlight === 0 && lane.waiting.length === 0) this.#lanes.delete(key)
+        else wake(lane)
+      }
     }
   }
 
-  // What this instance knows of an account+address's failures, for `admit`. Only a success
-  // lowers it: a read that set out before a failure was recorded may come back after it.
-  #counted(pair: string, failures: number, reset = false) {
-    const lane = this.#lanes.get(pair)
+  #lane(key: string, rule: ThrottleRule): Lane {
+    let lane = this.#lanes.get(key)
+    if (!lane) this.#lanes.set(key, lane = { free: rule.free, failures: undefined, inFlight: 0, waiting: [] })
+    return lane
+  }
+
+  // What this instance knows of a key's failures, for `admit`. Only a success lowers it: a
+  // read that set out before a failure was recorded may come back after it.
+  #counted(key: string, failures: number, reset = false) {
+    const lane = this.#lanes.get(key)
     if (!lane) return
     lane.failures = reset || lane.failures === undefined ? failures : Math.max(lane.failures, failures)
     wake(lane)
@@ -199,6 +216,7 @@ export class LoginThrottle {
     const { pair, account } = this.#keys(email, ip)
     const [a, b] = await Promise.all([this.#store.get(pair), this.#store.get(account)])
     this.#counted(pair, a?.failures ?? 0)
+    this.#counted(account, b?.failures ?? 0)
     const until = Math.max(a?.lockedUntil ?? 0, b?.lockedUntil ?? 0)
     const wait = until - this.#now()
     return wait > 0 ? Math.ceil(wait / 1000) : 0
@@ -207,11 +225,12 @@ export class LoginThrottle {
   async failure(email: string, ip: string): Promise<void> {
     const { pair, account } = this.#keys(email, ip)
     const now = this.#now()
-    const [state] = await Promise.all([
+    const [pairState, accountState] = await Promise.all([
       this.#store.fail(pair, RULES.accountAddress, now),
       this.#store.fail(account, RULES.account, now)
     ])
-    this.#counted(pair, state.failures)
+    this.#counted(pair, pairState.failures)
+    this.#counted(account, accountState.failures)
   }
 
   async success(email: string, ip: string): Promise<void> {
@@ -222,9 +241,15 @@ export class LoginThrottle {
 }
 
 interface Lane {
+  free: number
   failures: number | undefined
   inFlight: number
   waiting: (() => void)[]
+}
+
+// Until the first check has read the count, one at a time.
+function isFull(lane: Lane): boolean {
+  return lane.inFlight > 0 && (lane.failures ?? lane.free) + lane.inFlight >= lane.free
 }
 
 // Every waiter checks again whether there is room for it.

@@ -1,3 +1,4 @@
+import { randomUUID } from 'node:crypto'
 import t from 'tap'
 import { build, testClock } from '../helper.js'
 import { PASSWORD, auditOf, loginRes, register, uniqueEmail, uniqueIp } from '../accounts-helper.js'
@@ -155,4 +156,42 @@ t.test('guesses sent all at once get no more than the 5 free ones', async (t) =>
   const other = uniqueIp()
   const logins = await Promise.all(Array.from({ length: 4 }, () => loginRes(a, user.email, PASSWORD, { ip: other })))
   t.same(logins.map((r) => r.statusCode), [200, 200, 200, 200])
+})
+
+t.test('guesses sent all at once from many addresses get no more than the account\'s 20 free ones', async (t) => {
+  const clock = testClock()
+  const a = await app(t, clock)
+  const user = await register(a)
+  const userAgent = `spread-burst-test/${randomUUID()}`
+  // One guess from each of 30 addresses: no address comes near its own lock.
+  const burst = await Promise.all(Array.from({ length: 30 }, (_, i) =>
+    loginRes(a, user.email, `spread guess ${i}`, { ip: uniqueIp(), userAgent })))
+  t.same(burst.map((r) => r.statusCode).sort(), [...Array(20).fill(401), ...Array(10).fill(429)])
+  for (const res of burst.filter((r) => r.statusCode === 429)) {
+    t.equal(res.headers['retry-after'], '1')
+    t.same(res.json(), THROTTLED)
+  }
+  const failures = (await auditOf(a, { userAgent })).filter((r) => r.type === 'login.failure')
+  t.equal(failures.length, 20, 'twenty guesses were judged')
+  clock.advance(1)
+  t.equal((await loginRes(a, user.email, PASSWORD, { ip: uniqueIp() })).statusCode, 200, 'past the lock the user is in')
+})
+
+t.test('failures of a made-up email never count against another account\'s address', async (t) => {
+  const clock = testClock()
+  const a = await app(t, clock)
+  const user = await register(a)
+  const home = uniqueIp()
+  // A valid email that spells the victim's email and address: its account-wide counter must
+  // not be the victim's counter for that address.
+  const lookalike = `${user.email}|${home}`
+  for (let i = 0; i < 21; i++) {
+    t.equal((await loginRes(a, lookalike, 'wrong', { ip: `10.251.${i % 7}.1` })).statusCode, i < 20 ? 401 : 429)
+  }
+  t.equal((await loginRes(a, user.email, PASSWORD, { ip: home })).statusCode, 200, 'the user logs in from home')
+  // Nor did those failures shorten the user's own free ones there.
+  for (let i = 1; i <= 5; i++) t.equal((await loginRes(a, user.email, 'typo', { ip: home })).statusCode, 401, `typo ${i}`)
+  const locked = await loginRes(a, user.email, PASSWORD, { ip: home })
+  t.equal(locked.statusCode, 429)
+  t.equal(locked.headers['retry-after'], '1', 'the first lock, not a longer one')
 })
