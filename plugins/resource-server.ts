@@ -50,7 +50,20 @@ const InvalidToken = createError('KEYSMITH_ERR_INVALID_TOKEN', 'Missing or inval
 const InsufficientRole = createError('KEYSMITH_ERR_FORBIDDEN', 'Insufficient permissions', 403)
 const InvalidOptions = createError('KEYSMITH_ERR_RESOURCE_SERVER_OPTIONS', 'resource-server: %s', 500)
 
-const BEARER = /^Bearer +([A-Za-z0-9\-_]+\.[A-Za-z0-9\-_]+\.[A-Za-z0-9\-_]+) *$/i
+const JWS_COMPACT = /^[A-Za-z0-9\-_]+\.[A-Za-z0-9\-_]+\.[A-Za-z0-9\-_]+$/
+
+// The text after `Bearer` (any case, RFC 7235) and one or more spaces, trailing spaces
+// dropped. Its characters are checked only on a cache miss (`verify`): a cache entry holds
+// the exact text of a token that was checked, and a regular expression over a 700-character
+// token costs as much as the rest of a cached request's authentication.
+function bearerToken(header: string | undefined): string | undefined {
+  if (header === undefined || header.charCodeAt(6) !== 32 || header.slice(0, 6).toLowerCase() !== 'bearer') return undefined
+  let start = 7
+  while (header.charCodeAt(start) === 32) start++
+  let end = header.length
+  while (end > start && header.charCodeAt(end - 1) === 32) end--
+  return header.slice(start, end)
+}
 
 const plugin: FastifyPluginAsync<ResourceServerOptions> = async (app, opts) => {
   if (typeof opts.issuer !== 'string' || !/^https?:\/\//.test(opts.issuer)) throw new InvalidOptions('issuer must be an http(s) URL')
@@ -89,6 +102,7 @@ const plugin: FastifyPluginAsync<ResourceServerOptions> = async (app, opts) => {
     const at = now()
     let user = cache.get(token, at, generation())
     if (!user) {
+      if (!JWS_COMPACT.test(token)) return { refused: 'malformed' }
       let claims: JWTPayload
       try {
         ;({ payload: claims } = await jwtVerify(token, getKey, { ...verifyOptions, currentDate: new Date(at) }))
@@ -110,9 +124,9 @@ const plugin: FastifyPluginAsync<ResourceServerOptions> = async (app, opts) => {
   }
 
   const authenticate: AuthHook = async (request, reply) => {
-    const match = BEARER.exec(request.headers.authorization ?? '')
-    if (!match) deny(reply, 401, 'a Bearer access token is required')
-    const result = await verify(match[1]!)
+    const token = bearerToken(request.headers.authorization)
+    if (!token) deny(reply, 401, 'a Bearer access token is required')
+    const result = await verify(token)
     if ('refused' in result) {
       request.log.debug({ reason: result.refused }, 'access token refused')
       deny(reply, 401, 'the access token is invalid, expired or revoked')

@@ -107,13 +107,19 @@ t.test('an audience list may name Keysmith among others', async (t) => {
 t.test('missing or malformed Authorization is a 401 with a Bearer challenge', async (t) => {
   const rs = await resourceApp(t)
   const { token } = await keysmith.signer.mint({ sub: randomUUID(), roles: ['admin'] })
+  // Verified and cached first: a malformed header around a known-good token is still refused.
+  t.equal((await rs.bearer('/me', token)).statusCode, 200, 'the token itself is good')
+  for (const header of [`Bearer   ${token}  `, `BEARER ${token}`]) {
+    t.equal((await rs.call('/me', header)).statusCode, 200, `${JSON.stringify(header.slice(0, 9))}…: spaces and case of the scheme`)
+  }
   refused(t, await rs.call('/me'), 'no header')
   refused(t, await rs.call('/admin'), 'no header on a role route')
   refused(t, await rs.call('/read'), 'no header on a scope route')
   const malformed = [
     '', 'Bearer', 'Bearer ', token, `Basic ${token}`, `Token ${token}`, `Bearer ${token} extra`,
     `Bearer ${token}.more`, 'Bearer a.b', 'Bearer a.b.c', 'Bearer ..', `Bearer ${token.replace(/\./g, '')}`,
-    `Bearer ${token.slice(0, -1)}!`, `Bearer ${'a'.repeat(5000)}.${'b'.repeat(5000)}.c`
+    `Bearer ${token.slice(0, -1)}!`, `Bearer ${'a'.repeat(5000)}.${'b'.repeat(5000)}.c`,
+    `Bearer\t${token}`, `Bearer\u00a0${token}`, `Bearer ${token}\t`, `Bearer x${token}`, `Bearer ${token.slice(1)}`, `Bearer .${token}`
   ]
   for (const header of malformed) refused(t, await rs.call('/me', header), JSON.stringify(header.slice(0, 30)))
 })
