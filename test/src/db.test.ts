@@ -115,8 +115,10 @@ t.test("the refresh rotation's own connections plan for index lookups, on top of
     return
   }
   const show = async (pool: pg.Pool, name: string) => (await pool.query(`show ${name}`)).rows[0][name]
-  for (const name of ['enable_seqscan', 'enable_hashjoin', 'enable_mergejoin']) {
+  for (const name of ['enable_seqscan', 'enable_hashjoin', 'enable_mergejoin', 'jit']) {
     t.equal(await show(lane!, name), 'off', `${name} on the rotation's connections`)
+  }
+  for (const name of ['enable_seqscan', 'enable_hashjoin', 'enable_mergejoin']) {
     t.equal(await show(handle.pool, name), 'on', `${name} left alone on the main pool`)
   }
   t.equal(await show(lane!, 'statement_timeout'), '12345ms', "the URL's own options still apply")
